@@ -1,0 +1,112 @@
+"""Group commit: many concurrent requests, one transaction.
+
+Callers :meth:`Batcher.submit` an item and wait. One worker task takes whatever is
+queued (up to ``max_batch``), hands it to ``apply`` — which must commit before it
+returns — and resolves each caller with its own result. Under light load a batch is one
+item and nothing waits; under heavy load the commit cost is shared.
+
+If a batch fails for a reason other than an outage (:class:`StoreUnavailable`), its items
+are retried one by one, so a fault in one record never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Generic, TypeVar
+
+from loguru import logger
+
+from syncd.errors import StoreUnavailable
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class Batcher(Generic[Item, Result]):
+    def __init__(
+        self,
+        apply: Callable[[Sequence[Item]], Awaitable[list[Result]]],
+        *,
+        max_batch: int = 256,
+        name: str = "batcher",
+    ) -> None:
+        self._apply = apply
+        self._max_batch = max_batch
+        self._name = name
+        self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]] | None] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+
+    async def submit(self, item: Item) -> Result:
+        """Queue ``item`` and wait until its batch is committed (or failed)."""
+        if self._worker is None or self._worker.done():
+            raise RuntimeError(f"{self._name} is not running")
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, future))
+        return await asyncio.shield(future)
+
+    async def __aenter__(self) -> Batcher[Item, Result]:
+        self._worker = asyncio.create_task(self._run(), name=self._name)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Finish what is queued, then stop."""
+        self._queue.put_nowait(None)
+        if self._worker is not None:
+            await self._worker
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            entry = await self._queue.get()
+            if entry is None:
+                break
+            batch = [entry]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                more = self._queue.get_nowait()
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+            await self._process(batch)
+
+    async def _process(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        try:
+            results = await self._apply([item for item, _ in batch])
+        except StoreUnavailable as exc:
+            for _, future in batch:
+                _settle(future, exc=exc)
+            return
+        except Exception as exc:
+            if len(batch) == 1:
+                logger.opt(exception=exc).error("{name}: an item failed", name=self._name)
+                _settle(batch[0][1], exc=exc)
+                return
+            logger.warning(
+                "{name}: a batch of {n} failed ({error}); retrying one by one",
+                name=self._name,
+                n=len(batch),
+                error=type(exc).__name__,
+            )
+            for entry in batch:
+                await self._process([entry])
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            _settle(future, result=result)
+
+
+def _settle(
+    future: asyncio.Future[Result], result: Result | None = None, exc: BaseException | None = None
+) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]

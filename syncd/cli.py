@@ -1,0 +1,308 @@
+"""The ``syncd`` command line (SPEC §7).
+
+Exit status: 0 success, 1 a handled failure (one clear line on stderr), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from syncd import __version__, config, logs
+from syncd.errors import ConfigError, InvalidInput, SchemaNotReady, SyncdError
+
+Command = Callable[[argparse.Namespace, config.Settings], Coroutine[Any, Any, int]]
+
+
+def out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def err(text: str) -> None:
+    sys.stderr.write(f"syncd: {text}\n")
+
+
+def dump(data: Any) -> None:
+    out(json.dumps(data, ensure_ascii=False))
+
+
+@asynccontextmanager
+async def open_store(settings: config.Settings) -> AsyncIterator[AsyncEngine]:
+    """The database, checked to be at the migration head."""
+    from syncd.store import migrate
+    from syncd.store.engine import create_engine
+    from syncd.store.errors import translated
+
+    engine = create_engine(settings.database.url)
+    try:
+        async with translated():
+            if not await migrate.at_head(engine):
+                raise SchemaNotReady(
+                    "the database is not at the migration head: run `syncd migrate`"
+                )
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def cmd_run(_: argparse.Namespace, settings: config.Settings) -> int:
+    from syncd import daemon
+
+    await daemon.run(settings)
+    return 0
+
+
+async def cmd_migrate(_: argparse.Namespace, settings: config.Settings) -> int:
+    from syncd.store import migrate
+    from syncd.store.engine import create_engine, safe_url
+    from syncd.store.errors import translated
+
+    engine = create_engine(settings.database.url)
+    try:
+        async with translated():
+            before = await migrate.current(engine)
+            await migrate.upgrade(engine)
+            after = await migrate.current(engine)
+    finally:
+        await engine.dispose()
+    url = safe_url(settings.database.url)
+    if before == after:
+        out(f"{url}: already at head ({', '.join(sorted(after))})")
+    else:
+        out(f"{url}: migrated {', '.join(sorted(before)) or 'empty'} -> {', '.join(sorted(after))}")
+    return 0
+
+
+async def cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
+    from syncd.store import migrate
+    from syncd.store.engine import create_engine, safe_url
+    from syncd.store.errors import translated
+
+    failed = 0
+
+    def line(ok: bool, what: str, text: str) -> None:
+        nonlocal failed
+        failed += not ok
+        out(f"{'ok  ' if ok else 'FAIL'} {what}: {text}")
+
+    line(True, "config", str(args.config_path or "built-in defaults"))
+    line(
+        bool(settings.http.token),
+        "http.token",
+        "set" if settings.http.token else "empty: set it (syncd run refuses to start without it)",
+    )
+    engine = create_engine(settings.database.url)
+    try:
+        async with translated():
+            current = await migrate.current(engine)
+        line(True, "database", safe_url(settings.database.url))
+        head = ", ".join(sorted(migrate.heads()))
+        if current == migrate.heads():
+            line(True, "migrations", f"at head {head}")
+        else:
+            have = ", ".join(sorted(current)) or "empty"
+            line(False, "migrations", f"database at {have}, head is {head}: run `syncd migrate`")
+    except SyncdError as exc:
+        line(False, "database", f"{safe_url(settings.database.url)}: {exc}")
+    finally:
+        await engine.dispose()
+    return 1 if failed else 0
+
+
+def parse_key(key: str, project_id: int) -> dict[str, Any]:
+    """``email``, ``tg:<telegram_id>`` or ``sb:<client_id>`` (in ``salebot.project_id``)."""
+    from syncd.identity import normalise_email, normalise_id
+
+    if key.startswith("tg:"):
+        return {"telegram_id": normalise_id(key[3:], "telegram_id")}
+    if key.startswith("sb:"):
+        return {"client": (project_id, normalise_id(key[3:], "client_id"))}
+    return {"email": normalise_email(key)}
+
+
+async def cmd_identity_show(args: argparse.Namespace, settings: config.Settings) -> int:
+    from syncd.store.queries import find_identity
+
+    lookup = parse_key(args.key, settings.salebot.project_id)
+    async with open_store(settings) as engine:
+        found = await find_identity(engine, **lookup)
+    if found is None:
+        err(f"no identity for {args.key}")
+        return 1
+    data = found.as_json()
+    if args.json:
+        dump(data)
+        return 0
+    for name, value in data.items():
+        if name == "salebot_clients":
+            value = ", ".join(f"{c['client_id']} (project {c['project_id']})" for c in value)
+        out(f"{name:<16}{'' if value is None else value}")
+    return 0
+
+
+async def cmd_identity_link(args: argparse.Namespace, settings: config.Settings) -> int:
+    from syncd.identity import normalise_link
+    from syncd.store.links import LinkRequest, LinkStore
+
+    claim = normalise_link(
+        {
+            "email": args.email,
+            "telegram_id": args.telegram_id,
+            "client_id": args.client_id,
+            "project_id": args.project_id,
+        },
+        settings.salebot.project_id,
+    )
+    async with open_store(settings) as engine:
+        store = LinkStore(engine, settings.identity.on_conflict)
+        (result,) = await store.apply([LinkRequest(claim, "cli")])
+    if result.status == "conflict":
+        err(f"conflict {result.conflict_id}: {result.detail} (nothing changed)")
+        return 1
+    out(f"{result.status}: identity {result.identity_id}")
+    return 0
+
+
+async def cmd_conflicts_list(args: argparse.Namespace, settings: config.Settings) -> int:
+    from syncd.store.queries import open_conflicts
+
+    async with open_store(settings) as engine:
+        conflicts = await open_conflicts(engine)
+    if args.json:
+        dump(conflicts)
+        return 0
+    if not conflicts:
+        out("no open conflicts")
+    for c in conflicts:
+        out(
+            f"#{c['id']} {c['last_seen_at']} x{c['seen_count']} email={c['email']} "
+            f"telegram_id={c['telegram_id']} client_id={c['client_id']} "
+            f"project={c['project_id']} holders={c['identity_ids']}: {c['reason']}"
+        )
+    return 0
+
+
+async def cmd_export_identities(args: argparse.Namespace, settings: config.Settings) -> int:
+    from syncd.export import replace_atomically, write_identities
+
+    def progress(count: int) -> None:
+        sys.stderr.write(f"\rsyncd: exported {count} identities…")
+
+    async with open_store(settings) as engine:
+        if args.output is None:
+            count = await write_identities(
+                engine, sys.stdout, args.format, settings.salebot.project_id
+            )
+        else:
+            final = Path(args.output)
+            tmp = final.with_name(f".{final.name}.part")
+            try:
+                with tmp.open("w", encoding="utf-8", newline="") as file:
+                    count = await write_identities(
+                        engine, file, args.format, settings.salebot.project_id, progress
+                    )
+                replace_atomically(tmp, final)
+            finally:
+                tmp.unlink(missing_ok=True)
+    where = f" to {args.output}" if args.output else ""
+    sys.stderr.write(f"\rsyncd: exported {count} identities{where}\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="syncd",
+        description="Links GetCourse and Salebot identities and keeps the two talking.",
+        epilog="Config: --config, else $SYNCD_CONFIG, else ./syncd.toml, else "
+        "/etc/syncd/syncd.toml. Any key can be overridden as SYNCD_<SECTION>__<KEY>.",
+    )
+    parser.add_argument("--config", metavar="PATH", help="the TOML config file")
+    parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, handler: Command, help: str, parent: Any = commands
+    ) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add("run", cmd_run, "run the daemon (HTTP ingress) until SIGTERM/SIGINT")
+    add("migrate", cmd_migrate, "apply database migrations up to head")
+    add("check", cmd_check, "validate the config, the database and its migrations")
+
+    identity = commands.add_parser("identity", help="look up or link one person")
+    identity_cmds = identity.add_subparsers(
+        dest="identity_command", required=True, metavar="ACTION"
+    )
+    show = add("show", cmd_identity_show, "show one identity", identity_cmds)
+    show.add_argument("key", metavar="KEY", help="an email, tg:<telegram_id> or sb:<client_id>")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    link = add(
+        "link", cmd_identity_link, "link keys by hand (same rules as the webhook)", identity_cmds
+    )
+    link.add_argument("--email", required=True)
+    link.add_argument("--telegram-id", metavar="T")
+    link.add_argument("--client-id", metavar="C", help="Salebot client id")
+    link.add_argument(
+        "--project-id", metavar="P", help="Salebot project (default salebot.project_id)"
+    )
+
+    conflicts = commands.add_parser("conflicts", help="link conflicts waiting for an operator")
+    conflicts_cmds = conflicts.add_subparsers(
+        dest="conflicts_command", required=True, metavar="ACTION"
+    )
+    clist = add("list", cmd_conflicts_list, "list open link conflicts", conflicts_cmds)
+    clist.add_argument("--json", action="store_true", help="print JSON")
+
+    export = commands.add_parser("export", help="export data for analysts")
+    export_cmds = export.add_subparsers(dest="export_command", required=True, metavar="WHAT")
+    ident = add("identities", cmd_export_identities, "the identity map, streamed", export_cmds)
+    ident.add_argument("--format", choices=["csv", "jsonl"], required=True)
+    ident.add_argument("--output", metavar="F", help="write to F (atomically) instead of stdout")
+    return parser
+
+
+def _runner() -> asyncio.Runner:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        loaded = config.load(args.config)
+        args.config_path = loaded.path
+        settings = loaded.settings
+        level = settings.log.level if args.command == "run" else "warning"
+        logs.setup(level, settings.log.format)
+        for warning in loaded.warnings:
+            logger.warning(warning)
+        handler: Command = args.handler
+        with _runner() as runner:
+            return runner.run(handler(args, settings))
+    except ConfigError as exc:
+        err(f"config error: {exc}")
+    except InvalidInput as exc:
+        err(f"{exc.code}: {exc.detail}")
+    except SyncdError as exc:
+        err(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Engines for both databases: SQLite (aiosqlite, WAL) and PostgreSQL (psycopg 3).
+
+Write transactions that read before they write (a link) ask for
+``execution_options(write_lock=True)``: on SQLite they start with ``BEGIN IMMEDIATE`` so
+the read and the write see one state; on PostgreSQL the caller takes an advisory lock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from syncd.errors import ConfigError
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def database_url(url: str) -> URL:
+    """Map the user-facing ``sqlite:///…`` / ``postgresql://…`` to the async drivers."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError("database.url", f"not a database URL: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg")
+    raise ConfigError("database.url", f"unsupported database {backend!r}: use sqlite or postgresql")
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL without its password, for logs and messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    target = database_url(url)
+    if target.get_backend_name() == "sqlite":
+        engine = create_async_engine(target, **kwargs)
+        _sqlite_pragmas(engine)
+        return engine
+    kwargs.setdefault("pool_size", 10)
+    kwargs.setdefault("max_overflow", 10)
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_timeout", 5)
+    kwargs.setdefault("connect_args", {"connect_timeout": 5})
+    return create_async_engine(target, **kwargs)
+
+
+def _sqlite_pragmas(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event (below) emit BEGIN itself.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # WAL + NORMAL: a commit survives a crash of the process (kill -9); only a power
+        # loss can take back the last commits. See docs/decisions.md.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(connection: Connection) -> None:
+        immediate = connection.get_execution_options().get("write_lock", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"

@@ -1,0 +1,123 @@
+"""The tables of syncd (SPEC §4). The schema itself is made by Alembic, never by create_all."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: BIGINT on PostgreSQL; INTEGER (the rowid alias, so it auto-increments) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in Python on both databases (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+    }
+
+
+class Identity(Base):
+    """One person."""
+
+    __tablename__ = "identities"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    telegram_id: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    gc_user_id: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class SalebotClient(Base):
+    """A person's client id in one Salebot project (one per project)."""
+
+    __tablename__ = "salebot_clients"
+    __table_args__ = (UniqueConstraint("identity_id", "project_id"),)
+    project_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    client_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    identity_id: Mapped[int] = mapped_column(BigId, ForeignKey("identities.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime]
+
+
+class IdentityChange(Base):
+    """Append-only trace of every change to an identity: before/after keys, source, time."""
+
+    __tablename__ = "identity_changes"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    identity_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("identities.id", ondelete="CASCADE"), index=True
+    )
+    source: Mapped[str] = mapped_column(String(32))
+    before: Mapped[dict[str, Any] | None]
+    after: Mapped[dict[str, Any]]
+    reason: Mapped[str] = mapped_column(Text, server_default="")
+    changed_at: Mapped[datetime]
+
+
+class LinkConflict(Base):
+    """A rejected link, kept for an operator. A repeat of an open one bumps ``seen_count``."""
+
+    __tablename__ = "link_conflicts"
+    __table_args__ = (Index("ix_link_conflicts_status_email", "status", "email"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), server_default=text("'open'"))
+    source: Mapped[str] = mapped_column(String(32))
+    email: Mapped[str] = mapped_column(String(320))
+    telegram_id: Mapped[int | None] = mapped_column(BigInteger)
+    project_id: Mapped[int] = mapped_column(BigInteger)
+    client_id: Mapped[int | None] = mapped_column(BigInteger)
+    holders: Mapped[dict[str, Any]]
+    reason: Mapped[str] = mapped_column(Text)
+    seen_count: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
