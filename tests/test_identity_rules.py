@@ -109,8 +109,9 @@ def test_decide_replace_moves_keys_and_records_both_sides() -> None:
     assert created.changes[0].after.clients == {P: 10}  # only the claimed key moves
 
 
-async def link(store: LinkStore, email: str, tg: int | None = None, client: int | None = None,
-               project: int = P) -> tuple[str, int | None, int | None]:
+async def link(
+    store: LinkStore, email: str, tg: int | None = None, client: int | None = None, project: int = P
+) -> tuple[str, int | None, int | None]:
     (result,) = await store.apply([LinkRequest(LinkClaim(email, tg, project, client), "test")])
     return result.status, result.identity_id, result.conflict_id
 
@@ -146,7 +147,9 @@ async def test_created_linked_unchanged(engine: AsyncEngine) -> None:
         (("other@school.ru", None, 987), "client_id owned by another email"),
     ],
 )
-async def test_reject_changes_nothing(engine: AsyncEngine, second: tuple[Any, ...], why: str) -> None:
+async def test_reject_changes_nothing(
+    engine: AsyncEngine, second: tuple[Any, ...], why: str
+) -> None:
     store = LinkStore(engine, "reject")
     await link(store, "anna@school.ru", 123, 987)
     changes = await count(engine, IdentityChange)

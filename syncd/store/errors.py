@@ -24,6 +24,8 @@ async def translated() -> AsyncIterator[None]:
             f"database unavailable: {type(getattr(exc, 'orig', None) or exc).__name__}"
         ) from exc
     except sa_exc.DBAPIError as exc:
+        if type(exc) is sa_exc.DatabaseError:  # e.g. "file is not a database"
+            raise StoreUnavailable(f"database unusable: {exc.orig}") from exc
         if exc.connection_invalidated:
             raise StoreUnavailable("database connection lost") from exc
         raise

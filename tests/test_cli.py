@@ -1,0 +1,145 @@
+"""The CLI of SPEC §7 on both databases: identity show/link, conflicts, export, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from syncd.cli import main
+
+P = 294495
+
+
+@pytest.fixture
+def syncd(db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    """Run ``syncd ARGS`` in-process on the test database; returns (exit, stdout, stderr)."""
+    monkeypatch.setenv("SYNCD_DATABASE__URL", db_url)
+    monkeypatch.delenv("SYNCD_CONFIG", raising=False)
+    monkeypatch.chdir(Path(__file__).parent)  # no ./syncd.toml here
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def test_identity_link_and_show(syncd) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = syncd("identity", "link", "--email", "Anna@School.ru", "--telegram-id", "123")
+    assert (code, out.strip()) == (0, "created: identity 1")
+    assert syncd("identity", "link", "--email", "anna@school.ru", "--client-id", "987")[0] == 0
+    code, out, _ = syncd("identity", "show", "anna@school.ru", "--json")
+    shown = json.loads(out)
+    assert code == 0
+    assert list(shown) == [
+        "id",
+        "email",
+        "telegram_id",
+        "gc_user_id",
+        "salebot_clients",
+        "created_at",
+        "updated_at",
+    ]
+    assert shown["email"] == "anna@school.ru" and shown["telegram_id"] == 123
+    assert shown["gc_user_id"] is None
+    assert shown["salebot_clients"] == [{"project_id": P, "client_id": 987}]
+    assert json.loads(syncd("identity", "show", "tg:123", "--json")[1]) == shown
+    assert json.loads(syncd("identity", "show", "sb:987", "--json")[1]) == shown
+    code, out, _ = syncd("identity", "show", "sb:987")
+    assert code == 0 and "anna@school.ru" in out and "987 (project 294495)" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("identity", "show", "nobody@school.ru"), 1, "no identity for nobody@school.ru"),
+        (("identity", "show", "tg:abc"), 1, "invalid_telegram_id"),
+        (("identity", "show", "not an email"), 1, "invalid_email"),
+        (("identity", "link", "--email", "a@b.ru"), 1, "missing_key"),
+        (("identity", "link", "--email", "#{email}", "--telegram-id", "1"), 1, "invalid_email"),
+    ],
+)
+def test_handled_failures_exit_1(syncd, args: tuple[str, ...], code: int, message: str) -> None:  # type: ignore[no-untyped-def]
+    got, out, err = syncd(*args)
+    assert got == code and message in err and out == ""
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),
+        ("identity",),
+        ("identity", "show"),
+        ("export", "identities"),
+        ("frobnicate",),
+        ("export", "identities", "--format", "xml"),
+    ],
+)
+def test_bad_usage_exits_2(syncd, args: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as caught:
+        syncd(*args)
+    assert caught.value.code == 2
+
+
+def test_conflicts_list(syncd) -> None:  # type: ignore[no-untyped-def]
+    assert syncd("conflicts", "list")[1].strip() == "no open conflicts"
+    syncd("identity", "link", "--email", "a@school.ru", "--telegram-id", "1")
+    code, _, err = syncd("identity", "link", "--email", "b@school.ru", "--telegram-id", "1")
+    assert code == 1 and "conflict 1" in err and "nothing changed" in err
+    code, out, _ = syncd("conflicts", "list", "--json")
+    (conflict,) = json.loads(out)
+    assert code == 0
+    assert conflict["email"] == "b@school.ru" and conflict["telegram_id"] == 1
+    assert conflict["identity_ids"] == [1] and conflict["source"] == "cli"
+    assert "#1 " in syncd("conflicts", "list")[1]
+
+
+def test_export_csv_and_jsonl(syncd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for i in range(3):
+        syncd(
+            "identity",
+            "link",
+            "--email",
+            f"p{i}@school.ru",
+            "--telegram-id",
+            str(10 + i),
+            "--client-id",
+            str(20 + i),
+        )
+    syncd("identity", "link", "--email", "p0@school.ru", "--client-id", "99", "--project-id", "7")
+    code, out, err = syncd("export", "identities", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and "exported 3 identities" in err
+    assert [r["email"] for r in rows] == ["p0@school.ru", "p1@school.ru", "p2@school.ru"]
+    assert rows[0]["client_id"] == "20" and rows[0]["salebot_clients"] == "7:99;294495:20"
+    assert rows[1]["gc_user_id"] == ""
+    target = tmp_path / "out.jsonl"
+    code, out, _ = syncd("export", "identities", "--format", "jsonl", "--output", str(target))
+    lines = [json.loads(line) for line in target.read_text().splitlines()]
+    assert code == 0 and out == ""
+    assert [line["telegram_id"] for line in lines] == [10, 11, 12]
+    assert lines[0]["salebot_clients"] == [
+        {"project_id": 7, "client_id": 99},
+        {"project_id": P, "client_id": 20},
+    ]
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_commands_refuse_an_unmigrated_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SYNCD_DATABASE__URL", f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert main(["identity", "show", "a@b.ru"]) == 1
+    assert "run `syncd migrate`" in capsys.readouterr().err
+    assert main(["check"]) == 1
+    assert "FAIL migrations" in capsys.readouterr().out
+    assert main(["migrate"]) == 0
+    assert "migrated empty -> 0001" in capsys.readouterr().out
+    assert main(["migrate"]) == 0
+    assert "already at head" in capsys.readouterr().out
