@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from loguru import logger
 
@@ -81,12 +81,12 @@ class Batcher(Generic[Item, Result]):
             results = await self._apply([item for item, _ in batch])
         except StoreUnavailable as exc:
             for _, future in batch:
-                _settle(future, exc=exc)
+                _fail(future, exc)
             return
         except Exception as exc:
             if len(batch) == 1:
                 logger.opt(exception=exc).error("{name}: an item failed", name=self._name)
-                _settle(batch[0][1], exc=exc)
+                _fail(batch[0][1], exc)
                 return
             logger.warning(
                 "{name}: a batch of {n} failed ({error}); retrying one by one",
@@ -98,15 +98,14 @@ class Batcher(Generic[Item, Result]):
                 await self._process([entry])
             return
         for (_, future), result in zip(batch, results, strict=True):
-            _settle(future, result=result)
+            _resolve(future, result)
 
 
-def _settle(
-    future: asyncio.Future[Result], result: Result | None = None, exc: BaseException | None = None
-) -> None:
-    if future.done():
-        return
-    if exc is not None:
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():  # the caller may have gone (client disconnected)
         future.set_exception(exc)
-    else:
-        future.set_result(result)  # type: ignore[arg-type]
+
+
+def _resolve(future: asyncio.Future[Result], result: Result) -> None:
+    if not future.done():
+        future.set_result(result)

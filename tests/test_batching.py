@@ -1,0 +1,59 @@
+"""Group commit: one bad record never fails its neighbours; an outage fails the batch;
+stopping finishes what is queued."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from syncd.batching import Batcher
+from syncd.errors import StoreUnavailable
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    async def apply(self, items: Sequence[str]) -> list[str]:
+        self.batches.append(list(items))
+        await asyncio.sleep(0.01)
+        if "down" in items:
+            raise StoreUnavailable("db down")
+        if "bad" in items:
+            raise ValueError("bad record")
+        return [item.upper() for item in items]
+
+
+async def test_concurrent_items_share_a_batch_and_a_bad_one_is_isolated() -> None:
+    recorder = Recorder()
+    async with Batcher(recorder.apply) as batcher:
+        results = await asyncio.gather(
+            *(batcher.submit(item) for item in ["a", "b", "bad", "c"]), return_exceptions=True
+        )
+    assert results[:2] == ["A", "B"] and results[3] == "C"
+    assert isinstance(results[2], ValueError)
+    assert recorder.batches[0] == ["a", "b", "bad", "c"]  # one transaction first
+    assert ["a"] in recorder.batches and ["c"] in recorder.batches  # then one by one
+
+
+async def test_an_outage_fails_the_whole_batch_without_retrying() -> None:
+    recorder = Recorder()
+    async with Batcher(recorder.apply) as batcher:
+        results = await asyncio.gather(
+            *(batcher.submit(item) for item in ["a", "down"]), return_exceptions=True
+        )
+    assert all(isinstance(r, StoreUnavailable) for r in results)
+    assert recorder.batches == [["a", "down"]]
+
+
+async def test_stop_finishes_what_is_queued() -> None:
+    recorder = Recorder()
+    batcher = Batcher(recorder.apply, max_batch=2)
+    async with batcher:
+        pending = [asyncio.create_task(batcher.submit(str(i))) for i in range(5)]
+        await asyncio.sleep(0)
+    assert [await task for task in pending] == ["0", "1", "2", "3", "4"]
+    with pytest.raises(RuntimeError, match="not running"):
+        await batcher.submit("late")
