@@ -162,8 +162,10 @@ async def cmd_identity_link(args: argparse.Namespace, settings: config.Settings)
         },
         settings.salebot.project_id,
     )
+    from syncd.daemon import write_back
+
     async with open_store(settings) as engine:
-        store = LinkStore(engine, settings.identity.on_conflict)
+        store = LinkStore(engine, settings.identity.on_conflict, write_back(settings))
         (result,) = await store.apply([LinkRequest(claim, "cli")])
     if result.status == "conflict":
         err(f"conflict {result.conflict_id}: {result.detail} (nothing changed)")
@@ -218,6 +220,57 @@ async def cmd_export_identities(args: argparse.Namespace, settings: config.Setti
     return 0
 
 
+async def cmd_outbox_list(args: argparse.Namespace, settings: config.Settings) -> int:
+    from syncd.store import outbox
+
+    async with open_store(settings) as engine:
+        rows = await outbox.listing(engine, args.status, args.limit)
+    if args.json:
+        dump(rows)
+        return 0
+    if not rows:
+        out("no deliveries" + (f" with status {args.status}" if args.status else ""))
+    for r in rows:
+        when = r["finished_at"] if r["status"] in ("sent", "dead") else r["next_attempt_at"]
+        line = (
+            f"#{r['id']} {r['status']:<8} {r['target']}.{r['action']:<14} attempts={r['attempts']}"
+        )
+        line += f" identity={r['identity_id']} {when}"
+        if r["waiting_for"]:
+            line += f" waiting for {r['waiting_for']}"
+        if r["last_error"]:
+            line += f" — {r['last_error']}"
+        out(line)
+    return 0
+
+
+async def cmd_outbox_stats(args: argparse.Namespace, settings: config.Settings) -> int:
+    from syncd.store import outbox
+
+    async with open_store(settings) as engine:
+        figures = await outbox.stats(engine)
+    if args.json:
+        dump(figures)
+        return 0
+    for name, value in figures.items():
+        out(f"{name:<24}{value}")
+    return 0
+
+
+async def cmd_outbox_retry(args: argparse.Namespace, settings: config.Settings) -> int:
+    from syncd.store import outbox
+
+    if bool(args.ids) == bool(args.dead):
+        err("give delivery ids or --dead (not both)")
+        return 2
+    async with open_store(settings) as engine:
+        requeued, refused = await outbox.retry(engine, args.ids or None)
+    out(f"requeued {len(requeued)} deliveries" + (f": {requeued}" if requeued else ""))
+    for delivery_id, status in refused.items():
+        err(f"delivery {delivery_id} is {status}, not dead: left as is")
+    return 1 if refused else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="syncd",
@@ -263,6 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     clist = add("list", cmd_conflicts_list, "list open link conflicts", conflicts_cmds)
     clist.add_argument("--json", action="store_true", help="print JSON")
+
+    outbox = commands.add_parser("outbox", help="the queue of outgoing calls")
+    outbox_cmds = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
+    olist = add("list", cmd_outbox_list, "list deliveries, newest last", outbox_cmds)
+    olist.add_argument(
+        "--status", choices=["pending", "sending", "sent", "dead", "waiting"], help="only these"
+    )
+    olist.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    olist.add_argument("--json", action="store_true", help="print JSON")
+    ostats = add("stats", cmd_outbox_stats, "counts by status and the oldest due age", outbox_cmds)
+    ostats.add_argument("--json", action="store_true", help="print JSON")
+    oretry = add("retry", cmd_outbox_retry, "replay dead deliveries now", outbox_cmds)
+    oretry.add_argument("ids", nargs="*", type=int, metavar="ID", help="delivery ids")
+    oretry.add_argument("--dead", action="store_true", help="every dead delivery")
 
     export = commands.add_parser("export", help="export data for analysts")
     export_cmds = export.add_subparsers(dest="export_command", required=True, metavar="WHAT")

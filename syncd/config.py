@@ -139,6 +139,15 @@ class DeliverySettings(_Section):
     first_retry: Duration = timedelta(seconds=5)
     max_backoff: Duration = timedelta(hours=1)
     wait_for_link: Duration = timedelta(days=7)
+    concurrency: int = Field(default=16, ge=1, le=256)
+    lease: Duration = timedelta(seconds=60)
+
+    @field_validator("lease")
+    @classmethod
+    def _lease_long_enough(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("must be at least 1s (longer than one outgoing call)")
+        return value
 
 
 class LogSettings(_Section):

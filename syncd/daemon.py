@@ -12,21 +12,30 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack
+from typing import Any
 
+import httpx
 import uvicorn
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncd.batching import Batcher
+from syncd.clients.getcourse import GetCourseClient
+from syncd.clients.http import new_http_client
+from syncd.clients.salebot import SalebotClient
 from syncd.config import Settings
-from syncd.errors import ConfigError, SchemaNotReady
+from syncd.errors import ConfigError, PermanentError, SchemaNotReady
 from syncd.http.app import AppContext, create_app
+from syncd.outbox import Dispatcher, Sender
+from syncd.ratelimit import RateLimiter
+from syncd.retry import BackoffPolicy
 from syncd.store import migrate
 from syncd.store.engine import create_engine, safe_url
 from syncd.store.errors import translated
-from syncd.store.links import LinkRequest, LinkResult, LinkStore
+from syncd.store.links import Effects, LinkRequest, LinkResult, LinkStore, no_effects
+from syncd.writeback import WriteBack
 
 GRACEFUL_SECONDS = 10
 
@@ -76,14 +85,66 @@ async def run(settings: Settings) -> None:
             loop.remove_signal_handler(signum)
 
 
+def policy(settings: Settings) -> BackoffPolicy:
+    d = settings.delivery
+    return BackoffPolicy(d.first_retry, d.max_backoff, d.max_attempts, d.max_age)
+
+
+def senders(http: httpx.AsyncClient, settings: Settings) -> dict[str, Sender]:
+    """How each outbox target is called."""
+    getcourse = GetCourseClient(http, settings.getcourse.url, settings.getcourse.api_key)
+    salebot = SalebotClient(http, settings.salebot.base_url, settings.salebot.api_key)
+
+    async def to_getcourse(action: str, payload: dict[str, Any]) -> object:
+        if action != "import_user":
+            raise PermanentError(f"unknown getcourse action {action!r}")
+        return await getcourse.import_user(payload)
+
+    async def to_salebot(action: str, payload: dict[str, Any]) -> object:
+        return await salebot.call(action, payload)
+
+    return {"getcourse": to_getcourse, "salebot": to_salebot}
+
+
+def write_back(settings: Settings) -> Effects:
+    """The GetCourse write-back of links; off while ``getcourse.api_key`` is empty."""
+    gc = settings.getcourse
+    if not gc.api_key:
+        return no_effects
+    return WriteBack(
+        gc.telegram_id_field, gc.client_id_field, settings.salebot.project_id, gc.create_users
+    )
+
+
 async def _serve(settings: Settings, stop: asyncio.Event) -> None:
     async with AsyncExitStack() as stack:
         engine = create_engine(settings.database.url)
         stack.push_async_callback(engine.dispose)
         await prepare_schema(engine, settings.database.auto_migrate)
-        store = LinkStore(engine, settings.identity.on_conflict)
+        if not settings.getcourse.api_key:
+            logger.warning("getcourse.api_key is empty: links are not written back to GetCourse")
+        http = await stack.enter_async_context(new_http_client())
+        dispatcher = await stack.enter_async_context(
+            Dispatcher(
+                engine,
+                senders(http, settings),
+                policy(settings),
+                limiters={"salebot": RateLimiter(settings.salebot.rate_per_second)},
+                concurrency=settings.delivery.concurrency,
+                lease=settings.delivery.lease,
+            )
+        )
+        store = LinkStore(engine, settings.identity.on_conflict, write_back(settings))
+
+        async def apply_links(requests: Sequence[LinkRequest]) -> list[LinkResult]:
+            before = store.enqueued
+            results = await store.apply(requests)
+            if store.enqueued != before:
+                dispatcher.wake()
+            return results
+
         links: Batcher[LinkRequest, LinkResult] = await stack.enter_async_context(
-            Batcher(store.apply, name="links")
+            Batcher(apply_links, name="links")
         )
         app = create_app(
             AppContext(

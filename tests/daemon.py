@@ -14,6 +14,8 @@ import httpx
 
 SYNCD = str(Path(sys.executable).parent / "syncd")
 TOKEN = "e2e-token-4f9a1c"
+GC_KEY = "e2e-gc-key-77d2"
+SB_KEY = "e2e-sb-key-91c3"
 
 
 def free_port() -> int:
@@ -36,6 +38,11 @@ class Daemon:
             "SYNCD_HTTP__PORT": str(self.port),
             "SYNCD_HTTP__TOKEN": TOKEN,
             "SYNCD_LOG__FORMAT": "json",
+            # never the real services: a closed loopback port unless a test names a simulator
+            "SYNCD_GETCOURSE__BASE_URL": "http://127.0.0.1:9",
+            "SYNCD_GETCOURSE__API_KEY": GC_KEY,
+            "SYNCD_SALEBOT__API_KEY": SB_KEY,
+            "SYNCD_SALEBOT__BASE_URL": "http://127.0.0.1:9",
             **env,
         }
         self.env.pop("SYNCD_CONFIG", None)

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from syncd.store.engine import create_engine
 from syncd.store.models import Identity
-from tests.daemon import TOKEN, Daemon
+from tests.daemon import GC_KEY, SB_KEY, TOKEN, Daemon
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +74,7 @@ def test_links_as_salebot_sends_them(db_url: str, tmp_path: Path, daemons: list[
     assert daemon.stop(signal.SIGTERM) == 0
     logs = daemon.logs()
     assert "syncd stopped" in logs
-    for secret in (TOKEN, "anna@school.ru", "boris@school.ru", "other@school.ru"):
+    for secret in (TOKEN, GC_KEY, SB_KEY, "anna@school.ru", "boris@school.ru", "other@school.ru"):
         assert secret not in logs.lower(), f"{secret} leaked into the log"
     assert "a***@school.ru" in logs
 

@@ -12,7 +12,7 @@ acknowledges a link that is not stored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,9 +22,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from syncd.identity import Change, Decision, Holders, LinkClaim, OnConflict, Person, decide
 from syncd.store.errors import translated
 from syncd.store.models import Identity, IdentityChange, LinkConflict, SalebotClient, utcnow
+from syncd.store.outbox import NewDelivery, enqueue
 
 #: Key of the PostgreSQL advisory lock that serialises identity writers.
 IDENTITY_LOCK = 0x5C_D0_00_02
+
+
+#: What else a change to an identity causes, in the same transaction (the outbox).
+Effects = Callable[[Person | None, Person], list[NewDelivery]]
+
+
+def no_effects(before: Person | None, after: Person) -> list[NewDelivery]:
+    return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +97,14 @@ class _View:
 class LinkStore:
     """Applies links; see the module docstring for the transaction rules."""
 
-    def __init__(self, engine: AsyncEngine, on_conflict: OnConflict) -> None:
+    def __init__(
+        self, engine: AsyncEngine, on_conflict: OnConflict, effects: Effects = no_effects
+    ) -> None:
         self.engine = engine
         self.on_conflict = on_conflict
+        self.effects = effects
+        #: How many deliveries the last committed batches enqueued (for waking a dispatcher).
+        self.enqueued = 0
 
     async def apply(self, requests: Sequence[LinkRequest]) -> list[LinkResult]:
         """Apply a batch in one transaction; raises :class:`StoreUnavailable` on an outage."""
@@ -101,15 +115,21 @@ class LinkStore:
                     await conn.execute(
                         text("SELECT pg_advisory_xact_lock(:k)"), {"k": IDENTITY_LOCK}
                     )
-                return await _Batch(conn, self.on_conflict).run(requests)
+                batch = _Batch(conn, self.on_conflict, self.effects)
+                results = await batch.run(requests)
+        self.enqueued += batch.enqueued
+        return results
 
 
 class _Batch:
-    def __init__(self, conn: AsyncConnection, on_conflict: OnConflict) -> None:
+    def __init__(self, conn: AsyncConnection, on_conflict: OnConflict, effects: Effects) -> None:
         self.conn = conn
         self.on_conflict = on_conflict
+        self.effects = effects
         self.now = utcnow()
         self.changes: list[dict[str, Any]] = []
+        self.deliveries: list[NewDelivery] = []
+        self.enqueued = 0
 
     async def run(self, requests: Sequence[LinkRequest]) -> list[LinkResult]:
         view = _View(await load_people(self.conn, [r.claim for r in requests]))
@@ -119,6 +139,8 @@ class _Batch:
             results.append(await self.write(request, decision, view))
         if self.changes:
             await self.conn.execute(insert(IdentityChange), self.changes)
+        await enqueue(self.conn, self.deliveries, self.now)
+        self.enqueued = len(self.deliveries)
         return results
 
     async def write(self, request: LinkRequest, decision: Decision, view: _View) -> LinkResult:
@@ -191,6 +213,7 @@ class _Batch:
                 "changed_at": self.now,
             }
         )
+        self.deliveries.extend(self.effects(before, after))
         return after
 
     async def record_conflict(self, request: LinkRequest, decision: Decision) -> int:

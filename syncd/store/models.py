@@ -121,3 +121,37 @@ class LinkConflict(Base):
     seen_count: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     created_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
+
+
+class Delivery(Base):
+    """The outbox (SPEC §5): one outgoing call, inserted with the change that causes it.
+
+    ``status``: ``pending`` (due at ``next_attempt_at``) → ``sending`` (claimed by
+    ``lease_owner`` until ``leased_until``) → ``sent`` | ``dead`` (``last_error`` says why).
+    ``waiting`` rows wait for something named in ``waiting_for`` (``gc_user_id``).
+    ``age_from`` is when ``delivery.max_age`` starts counting (reset by a replay).
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_deliveries_identity_id_status", "identity_id", "status"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    target: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]]
+    identity_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("identities.id", ondelete="SET NULL")
+    )
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    waiting_for: Mapped[str | None] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime]
+    age_from: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+    leased_until: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[datetime | None]

@@ -1,0 +1,97 @@
+"""The GetCourse legacy import/export API (``api/getcourse.md``).
+
+Import: ``POST /pl/api/users`` with form fields ``key``, ``action`` and ``params`` (base64
+of UTF-8 JSON). Success needs **both** levels: ``success`` at the top and, inside
+``result``, no ``error`` (booleans come as true/false, 1/0 or "true"/"false"). An empty
+body means the plan has no API: permanent. «Слишком много запросов» is transient.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import httpx
+
+from syncd.clients.http import send
+from syncd.errors import PermanentError, TransientError
+
+TRANSIENT_MESSAGES = ("слишком много запросов",)
+
+
+def truthy(value: object) -> bool:
+    """GetCourse booleans: true/false, 1/0, "true"/"false", "1"/"0"."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+def encode_params(params: dict[str, Any]) -> str:
+    return base64.b64encode(json.dumps(params, ensure_ascii=False).encode("utf-8")).decode()
+
+
+def _json(response: httpx.Response, what: str) -> dict[str, Any]:
+    if not response.content.strip():
+        raise PermanentError(f"{what}: empty answer (the plan has no API access)")
+    try:
+        data = response.json()
+    except ValueError:
+        raise TransientError(f"{what}: the answer is not JSON") from None
+    if not isinstance(data, dict):
+        raise PermanentError(f"{what}: unexpected answer shape")
+    return data
+
+
+def _call_error(data: dict[str, Any], what: str) -> None:
+    if truthy(data.get("success")):
+        return
+    message = str(data.get("error_message") or data.get("error") or "unknown error")
+    if any(text in message.lower() for text in TRANSIENT_MESSAGES) or data.get("error_code") == 903:
+        raise TransientError(f"{what}: {message}")
+    raise PermanentError(f"{what}: {message}")
+
+
+class GetCourseClient:
+    def __init__(self, http: httpx.AsyncClient, base_url: str, api_key: str) -> None:
+        self._http = http
+        self._base = base_url.rstrip("/")
+        self._key = api_key
+
+    async def import_user(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``action=add`` on users; returns ``result`` (``user_id``, ``user_status``)."""
+        what = "getcourse import user"
+        response = await send(
+            self._http,
+            what,
+            "POST",
+            f"{self._base}/pl/api/users",
+            data={"key": self._key, "action": "add", "params": encode_params(params)},
+        )
+        data = _json(response, what)
+        _call_error(data, what)
+        result = data.get("result")
+        if not isinstance(result, dict):
+            raise PermanentError(f"{what}: the answer has no result")
+        if truthy(result.get("error")) or not truthy(result.get("success", True)):
+            raise PermanentError(f"{what}: {result.get('error_message') or 'rejected'}")
+        return result
+
+    async def _account(self, what: str, path: str) -> list[dict[str, Any]]:
+        response = await send(
+            self._http, what, "POST", f"{self._base}/pl/api/account/{path}", data={"key": self._key}
+        )
+        data = _json(response, what)
+        _call_error(data, what)
+        info = data.get("info")
+        if not isinstance(info, list):
+            raise PermanentError(f"{what}: the answer has no info list")
+        return [item for item in info if isinstance(item, dict)]
+
+    async def account_fields(self) -> list[dict[str, Any]]:
+        """Custom user fields: ``[{id, type, title, …}]``."""
+        return await self._account("getcourse account fields", "fields")
+
+    async def account_groups(self) -> list[dict[str, Any]]:
+        """Groups: ``[{id, name, last_added_at}]``."""
+        return await self._account("getcourse account groups", "groups")

@@ -1,0 +1,244 @@
+"""The ``deliveries`` table: enqueue in the caller's transaction, claim with a lease,
+record outcomes, and the operator's views (list, stats, retry).
+
+Claiming marks rows ``sending`` with ``lease_owner``/``leased_until`` and counts the
+attempt at once, so a crash between claim and record costs an attempt, never a loop.
+A ``sending`` row whose lease has passed is due again (its owner died). On PostgreSQL
+the claim query locks with ``FOR UPDATE SKIP LOCKED``, so daemons sharing a database
+never claim the same row; on SQLite the claim runs under ``BEGIN IMMEDIATE``.
+Outcomes are recorded only by the lease owner of a row still ``sending``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from syncd.store.errors import translated
+from syncd.store.models import Delivery, utcnow
+
+Status = Literal["pending", "sending", "sent", "dead", "waiting"]
+STATUSES: tuple[Status, ...] = ("pending", "sending", "sent", "dead", "waiting")
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    target: str
+    action: str
+    payload: dict[str, Any]
+    identity_id: int | None = None
+    dedupe_key: str | None = None
+    waiting_for: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    target: str
+    action: str
+    payload: dict[str, Any]
+    identity_id: int | None
+    attempts: int
+    age_from: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """``sent``; ``retry`` at ``next_attempt_at``; ``dead``; or ``released`` (not tried)."""
+
+    id: int
+    status: Literal["sent", "retry", "dead", "released"]
+    error: str | None = None
+    next_attempt_at: datetime | None = None
+
+
+async def enqueue(
+    conn: AsyncConnection, deliveries: Sequence[NewDelivery], now: datetime | None = None
+) -> None:
+    """Insert deliveries in the caller's transaction (the transactional outbox)."""
+    if not deliveries:
+        return
+    now = now or utcnow()
+    await conn.execute(
+        insert(Delivery),
+        [
+            {
+                "target": d.target,
+                "action": d.action,
+                "payload": d.payload,
+                "identity_id": d.identity_id,
+                "dedupe_key": d.dedupe_key,
+                "status": "waiting" if d.waiting_for else "pending",
+                "waiting_for": d.waiting_for,
+                "attempts": 0,
+                "created_at": now,
+                "age_from": now,
+                "next_attempt_at": now,
+            }
+            for d in deliveries
+        ],
+    )
+
+
+def _due(now: datetime) -> Any:
+    return or_(
+        and_(Delivery.status == "pending", Delivery.next_attempt_at <= now),
+        and_(Delivery.status == "sending", Delivery.leased_until < now),
+    )
+
+
+async def claim(engine: AsyncEngine, owner: str, limit: int, lease: timedelta) -> list[Claimed]:
+    """Take up to ``limit`` due rows for ``owner`` until ``now + lease``."""
+    now = utcnow()
+    due = select(Delivery.id).where(_due(now)).order_by(Delivery.next_attempt_at, Delivery.id)
+    due = due.limit(limit)
+    async with translated(), engine.connect() as conn:
+        conn = await conn.execution_options(write_lock=True)
+        async with conn.begin():
+            if conn.dialect.name == "postgresql":
+                due = due.with_for_update(skip_locked=True)
+            rows = await conn.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(due.scalar_subquery()))
+                .values(
+                    status="sending",
+                    lease_owner=owner,
+                    leased_until=now + lease,
+                    attempts=Delivery.attempts + 1,
+                )
+                .returning(
+                    Delivery.id,
+                    Delivery.target,
+                    Delivery.action,
+                    Delivery.payload,
+                    Delivery.identity_id,
+                    Delivery.attempts,
+                    Delivery.age_from,
+                )
+            )
+            claimed = [Claimed(*row) for row in rows]
+    claimed.sort(key=lambda c: c.id)
+    return claimed
+
+
+async def record(engine: AsyncEngine, owner: str, outcomes: Sequence[Outcome]) -> None:
+    """Write outcomes of rows ``owner`` still holds, in one transaction."""
+    now = utcnow()
+    mine = and_(
+        Delivery.id == bindparam("b_id"),
+        Delivery.lease_owner == owner,
+        Delivery.status == "sending",
+    )
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for o in outcomes:
+        groups.setdefault(o.status, []).append(
+            {"b_id": o.id, "b_error": o.error, "b_next": o.next_attempt_at}
+        )
+    values: dict[str, dict[str, Any]] = {
+        "sent": {"status": "sent", "finished_at": now, "last_error": None},
+        "dead": {"status": "dead", "finished_at": now, "last_error": bindparam("b_error")},
+        "retry": {
+            "status": "pending",
+            "next_attempt_at": bindparam("b_next"),
+            "last_error": bindparam("b_error"),
+        },
+        "released": {"status": "pending", "attempts": Delivery.attempts - 1},
+    }
+    async with translated(), engine.begin() as conn:
+        for status, params in groups.items():
+            statement = (
+                update(Delivery)
+                .where(mine)
+                .values(leased_until=None, lease_owner=None, **values[status])
+            )
+            await conn.execute(statement.execution_options(synchronize_session=False), params)
+
+
+async def release_waiting(conn: AsyncConnection, identity_id: int, waiting_for: str) -> int:
+    """Make an identity's deliveries that waited for ``waiting_for`` due now."""
+    result = await conn.execute(
+        update(Delivery)
+        .where(
+            Delivery.identity_id == identity_id,
+            Delivery.status == "waiting",
+            Delivery.waiting_for == waiting_for,
+        )
+        .values(status="pending", waiting_for=None, next_attempt_at=utcnow())
+    )
+    return int(result.rowcount or 0)
+
+
+def as_json(row: Any) -> dict[str, Any]:
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {
+        "id": row.id,
+        "status": row.status,
+        "target": row.target,
+        "action": row.action,
+        "identity_id": row.identity_id,
+        "attempts": row.attempts,
+        "waiting_for": row.waiting_for,
+        "created_at": iso(row.created_at),
+        "next_attempt_at": iso(row.next_attempt_at),
+        "finished_at": iso(row.finished_at),
+        "last_error": row.last_error,
+    }
+
+
+async def listing(engine: AsyncEngine, status: str | None, limit: int) -> list[dict[str, Any]]:
+    query = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(Delivery.status == status)
+    async with translated(), engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [as_json(row) for row in reversed(rows)]
+
+
+async def stats(engine: AsyncEngine) -> dict[str, Any]:
+    """Counts by status, and the age in seconds of the oldest row due now."""
+    now = utcnow()
+    async with translated(), engine.connect() as conn:
+        grouped = select(Delivery.status, func.count()).group_by(Delivery.status)
+        counts: dict[str, int] = {row[0]: row[1] for row in await conn.execute(grouped)}
+        oldest = await conn.scalar(select(func.min(Delivery.next_attempt_at)).where(_due(now)))
+    result: dict[str, Any] = {status: counts.get(status, 0) for status in STATUSES}
+    age = (now - oldest).total_seconds() if isinstance(oldest, datetime) else 0.0
+    result["oldest_due_age_seconds"] = round(max(age, 0.0), 3)
+    return result
+
+
+async def retry(engine: AsyncEngine, ids: Sequence[int] | None) -> tuple[list[int], dict[int, str]]:
+    """Replay dead rows (all of them when ``ids`` is None): due now, attempts from zero.
+
+    Returns the ids requeued and, for asked ids that were not dead, their status.
+    """
+    now = utcnow()
+    async with translated(), engine.begin() as conn:
+        query = select(Delivery.id, Delivery.status)
+        if ids is not None:
+            query = query.where(Delivery.id.in_(ids))
+        else:
+            query = query.where(Delivery.status == "dead")
+        found: dict[int, str] = {row[0]: row[1] for row in await conn.execute(query)}
+        dead = sorted(i for i, status in found.items() if status == "dead")
+        if dead:
+            await conn.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(dead), Delivery.status == "dead")
+                .values(
+                    status="pending",
+                    attempts=0,
+                    age_from=now,
+                    next_attempt_at=now,
+                    finished_at=None,
+                )
+            )
+    refused = {i: found.get(i, "unknown") for i in (ids or []) if found.get(i) != "dead"}
+    return dead, refused
