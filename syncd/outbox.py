@@ -69,6 +69,7 @@ class Dispatcher:
         self.owner = owner_name()
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
+        #: rows whose call has started: from the send until its outcome is committed
         self._on_wire: set[int] = set()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._recorder: Batcher[Outcome, None] = Batcher(
@@ -150,15 +151,17 @@ class Dispatcher:
                 outcome = Outcome(row.id, "sent")
         except asyncio.CancelledError:
             outcome = Outcome(row.id, "released")
+        # The slot is held until the outcome is committed: at most `concurrency` rows are
+        # ever sent-but-unrecorded, the most a crash can repeat (SPEC §5).
+        try:
+            self._log(log, row, outcome)
+            await self._recorder.submit(outcome)
+        except StoreUnavailable as exc:  # the lease expires and the row is taken again
+            log.warning("outbox: could not record the outcome: {}", exc)
         finally:
             self._on_wire.discard(row.id)
             self._tasks.pop(row.id, None)
             self._slots.release()
-        self._log(log, row, outcome)
-        try:
-            await self._recorder.submit(outcome)
-        except StoreUnavailable as exc:  # the lease expires and the row is taken again
-            log.warning("outbox: could not record the outcome: {}", exc)
 
     def _after_failure(self, row: Claimed, exc: TransientError) -> Outcome:
         error = redact(str(exc))

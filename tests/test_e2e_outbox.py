@@ -1,0 +1,93 @@
+"""kill -9 of a real ``syncd run`` while it writes links back to GetCourse: after a
+restart every delivery ends sent or dead, and only in-flight calls may repeat."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from syncd.sandbox import getcourse
+from syncd.sandbox.faults import Faults
+from syncd.sandbox.serve import serve
+from syncd.store import outbox
+from syncd.store.engine import create_engine
+from tests.daemon import GC_KEY, TOKEN, Daemon
+
+pytestmark = pytest.mark.slow
+CONCURRENCY = 8
+
+
+async def post_links(base_url: str, worker: int, acked: list[str], stop: asyncio.Event) -> None:
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as http:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            email = f"w{worker}n{n}@crash-school.ru"
+            try:
+                answer = await http.post(
+                    "/v1/links",
+                    params={"token": TOKEN},
+                    json={"email": email, "telegram_id": str(worker * 1_000_000 + n)},
+                )
+            except httpx.TransportError:
+                return
+            if answer.status_code == 200:
+                acked.append(email)
+
+
+async def test_kill_9_mid_burst_then_every_delivery_settles(db_url: str, tmp_path: Path) -> None:
+    state = getcourse.GetCourseState(key=GC_KEY)
+    state.add_field("telegram_id")
+    state.faults = Faults(latency=0.02, error_rate=0.1, seed=9)  # slow, flaky: work in flight
+    async with serve(getcourse.create_app(state), grace=0.2) as gc_url:
+        env = {
+            "SYNCD_GETCOURSE__BASE_URL": gc_url,
+            "SYNCD_DELIVERY__FIRST_RETRY": "1s",
+            "SYNCD_DELIVERY__MAX_BACKOFF": "1s",
+            "SYNCD_DELIVERY__LEASE": "2s",
+            "SYNCD_DELIVERY__CONCURRENCY": str(CONCURRENCY),
+        }
+        first = Daemon(db_url, tmp_path, **env)
+        await asyncio.to_thread(first.start)
+        acked: list[str] = []
+        stop = asyncio.Event()
+        workers = [
+            asyncio.create_task(post_links(first.base_url, w, acked, stop)) for w in range(8)
+        ]
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(first.kill)
+        stop.set()
+        await asyncio.gather(*workers)
+        assert len(acked) > 50 and len(state.imports()) > 0, "the burst did not get going"
+        sent_before_restart = len(state.imports())
+
+        second = Daemon(db_url, tmp_path, **env)
+        try:
+            await asyncio.to_thread(second.start)
+            engine = create_engine(db_url)
+            try:
+                deadline = time.monotonic() + 60
+                while True:  # links committed but cut off before their 200 count too
+                    figures = await outbox.stats(engine)
+                    if figures["pending"] == figures["sending"] == 0:
+                        break
+                    assert time.monotonic() < deadline, f"not settled: {figures}"
+                    await asyncio.sleep(0.2)
+                assert figures["dead"] == 0 and figures["sent"] >= len(acked)
+            finally:
+                await engine.dispose()
+            assert await asyncio.to_thread(second.stop) == 0
+        finally:
+            second.close()
+
+    assert len(acked) > sent_before_restart  # the restart really had work left
+    written = Counter(call.params["user"]["email"] for call in state.imports())
+    assert set(acked) <= set(written)  # every acknowledged link reached GetCourse
+    assert len(written) == figures["sent"]
+    repeated = sum(count - 1 for count in written.values())
+    assert repeated <= CONCURRENCY, f"{repeated} calls repeated: more than were in flight"
