@@ -44,7 +44,9 @@ class Batcher(Generic[Item, Result]):
             raise RuntimeError(f"{self._name} is not running")
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((item, future))
-        return await asyncio.shield(future)
+        # A caller that gives up cancels only its own future; the batch goes on and
+        # skips futures that are already done.
+        return await future
 
     async def __aenter__(self) -> Batcher[Item, Result]:
         self._worker = asyncio.create_task(self._run(), name=self._name)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import signal
 import socket
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
@@ -38,6 +39,7 @@ from syncd.store.links import Effects, LinkRequest, LinkResult, LinkStore, no_ef
 from syncd.writeback import WriteBack
 
 GRACEFUL_SECONDS = 10
+ACTIVITY_SECONDS = 60.0
 
 
 class _Server(uvicorn.Server):
@@ -148,15 +150,16 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
         links: Batcher[LinkRequest, LinkResult] = await stack.enter_async_context(
             Batcher(apply_links, name="links")
         )
-        app = create_app(
-            AppContext(
-                engine=engine,
-                links=links,
-                token=settings.http.token,
-                max_body_bytes=settings.http.max_body_bytes,
-                project_id=settings.salebot.project_id,
-            )
+        ctx = AppContext(
+            engine=engine,
+            links=links,
+            token=settings.http.token,
+            max_body_bytes=settings.http.max_body_bytes,
+            project_id=settings.salebot.project_id,
         )
+        app = create_app(ctx)
+        reporter = asyncio.create_task(report_activity(ctx.counts), name="activity")
+        stack.callback(reporter.cancel)
         sock = listen(settings.http.host, settings.http.port)
         stack.callback(sock.close)
         server = _Server(
@@ -166,6 +169,7 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
                 access_log=False,  # its lines would carry ?token=
                 log_config=None,
                 server_header=False,
+                proxy_headers=False,  # syncd reads no client address
                 timeout_graceful_shutdown=GRACEFUL_SECONDS,
             )
         )
@@ -182,6 +186,16 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
         stopping.cancel()
         logger.info("syncd stopping")
     logger.info("syncd stopped")
+
+
+async def report_activity(counts: Counter[str], every: float = ACTIVITY_SECONDS) -> None:
+    """Once per ``every`` seconds with traffic: one INFO line counting links by status."""
+    while True:
+        await asyncio.sleep(every)
+        if counts:
+            summary = ", ".join(f"{status} {n}" for status, n in sorted(counts.items()))
+            logger.bind(**counts).info("links in the last {:.0f} s: {}", every, summary)
+            counts.clear()
 
 
 async def _stop_server(server: uvicorn.Server, serving: asyncio.Task[None]) -> None:

@@ -22,7 +22,7 @@ HUMAN = (
     "{message} <dim>{extra}</dim>"
 )
 _EMAILISH = re.compile(r"([^\s@/:?&=\"']+)@([^\s@/:?&=\"']+)")
-_SALEBOT_KEY = re.compile(r"(/api/)[^/\s?]+(/)")
+_SALEBOT_KEY = re.compile(r"(?<!/pl)(/api/)[^/\s?]+(/)")  # not GetCourse's /pl/api/…
 _SECRET_PARAM = re.compile(r"((?:key|token|api_key)=)[^&\s\"']+", re.IGNORECASE)
 
 

@@ -209,3 +209,23 @@ async def test_batch_sees_its_own_writes(engine: AsyncEngine) -> None:
     )
     assert [r.status for r in results] == ["created", "linked", "conflict", "unchanged"]
     assert len({r.identity_id for r in results if r.identity_id}) == 1
+
+
+async def test_replace_batch_can_swap_keys_between_identities(engine: AsyncEngine) -> None:
+    store = LinkStore(engine, "replace")
+    await link(store, "a@school.ru", 1, 10)
+    await link(store, "b@school.ru", 2, 20)
+    results = await store.apply(
+        [
+            LinkRequest(LinkClaim("a@school.ru", 2, P, 20), "test"),
+            LinkRequest(LinkClaim("b@school.ru", 1, P, 10), "test"),
+            LinkRequest(LinkClaim("c@school.ru", 3, P, None), "test"),
+        ]
+    )
+    assert [r.status for r in results] == ["linked", "linked", "created"]
+    a = await find_identity(engine, email="a@school.ru")
+    b = await find_identity(engine, email="b@school.ru")
+    assert a is not None and b is not None
+    assert (a.telegram_id, a.salebot_clients) == (2, [{"project_id": P, "client_id": 20}])
+    assert (b.telegram_id, b.salebot_clients) == (1, [{"project_id": P, "client_id": 10}])
+    assert results[2].identity_id not in (a.id, b.id, None)

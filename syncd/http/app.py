@@ -6,8 +6,8 @@ Every answer is JSON with ``success`` and, on failure, a stable ``error`` code (
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
@@ -17,10 +17,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from syncd.batching import Batcher
 from syncd.errors import InvalidInput, StoreUnavailable
 from syncd.http.auth import Unauthorized, require_token
+from syncd.http.hotpath import Handler, HotPaths
 from syncd.http.params import BodyTooLarge, read_params
 from syncd.identity import normalise_link
 from syncd.logs import mask_email
@@ -38,6 +40,8 @@ class AppContext:
     token: str
     max_body_bytes: int
     project_id: int
+    #: links answered, by status, since the last activity report (see syncd.daemon)
+    counts: Counter[str] = field(default_factory=Counter)
 
 
 def failure(status: int, error: str, detail: str = "", **extra: Any) -> JSONResponse:
@@ -48,24 +52,24 @@ def failure(status: int, error: str, detail: str = "", **extra: Any) -> JSONResp
     return JSONResponse(body, status_code=status)
 
 
-def create_app(ctx: AppContext) -> Starlette:
+def create_app(ctx: AppContext) -> ASGIApp:
     token = ctx.token.encode()
 
     async def post_links(request: Request) -> Response:
         require_token(request, token)
         params = await read_params(request, ctx.max_body_bytes)
         claim = normalise_link(params, ctx.project_id)
-        result = await asyncio.wait_for(
-            ctx.links.submit(LinkRequest(claim, "webhook")), STORE_WAIT_SECONDS
-        )
-        log = logger.bind(identity_id=result.identity_id, email=mask_email(claim.email))
+        async with asyncio.timeout(STORE_WAIT_SECONDS):  # no task per request, unlike wait_for
+            result = await ctx.links.submit(LinkRequest(claim, "webhook"))
+        ctx.counts[result.status] += 1
         if result.status == "conflict":
-            log.bind(conflict_id=result.conflict_id).warning("link conflict: {}", result.detail)
+            logger.bind(conflict_id=result.conflict_id, email=mask_email(claim.email)).warning(
+                "link conflict: {}", result.detail
+            )
             return failure(409, "conflict", result.detail, conflict_id=result.conflict_id)
-        if result.status == "unchanged":
-            log.debug("link unchanged")
-        else:
-            log.info("link {}", result.status)
+        # one line per link only at debug: at thousands a second the minute's summary
+        # (syncd.daemon.report_activity) is what an operator reads
+        logger.debug("link {} identity {}", result.status, result.identity_id)
         return JSONResponse(
             {"success": True, "status": result.status, "identity_id": result.identity_id}
         )
@@ -85,17 +89,17 @@ def create_app(ctx: AppContext) -> Starlette:
             return failure(503, "unavailable", "migrations are not at head: run `syncd migrate`")
         return JSONResponse({"success": True, "status": "ready", "revision": sorted(current)})
 
-    return Starlette(
+    handlers = _handlers()
+    app = Starlette(
         routes=[
             Route("/v1/links", post_links, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
         ],
-        exception_handlers=_handlers(),
+        exception_handlers=handlers,
     )
-
-
-Handler = Callable[[Request, Exception], Awaitable[Response]]
+    kinds = {kind: handler for kind, handler in handlers.items() if isinstance(kind, type)}
+    return HotPaths(app, {("POST", "/v1/links"): post_links}, kinds)
 
 
 def _handlers() -> dict[Any, Handler]:

@@ -3,37 +3,33 @@
 :meth:`LinkStore.apply` takes a batch of claims and applies them in **one** transaction
 that holds the write lock from its first read (``BEGIN IMMEDIATE`` on SQLite, an
 advisory transaction lock on PostgreSQL, so several daemons on one database take
-turns). It loads every identity holding any key of the batch in one query, then decides
-each claim in order with :func:`syncd.identity.decide` against that in-memory view,
-writing as it goes; later claims see the effects of earlier ones. Nothing is returned
+turns). It loads every identity holding any key of the batch in one query, plans the
+batch in memory (:mod:`syncd.store.linkplan`), then writes the difference with one
+statement per kind of change — however many links the batch holds. Nothing is returned
 before the commit, so a caller that answers 200 after :meth:`apply` returns never
 acknowledges a link that is not stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, or_, select, text, tuple_, update
+from sqlalchemy import bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from syncd.identity import Change, Decision, Holders, LinkClaim, OnConflict, Person, decide
+from syncd.identity import Decision, LinkClaim, OnConflict, Person
 from syncd.store.errors import translated
+from syncd.store.linkplan import Effects, LinkRequest, Plan, no_effects
 from syncd.store.models import Identity, IdentityChange, LinkConflict, SalebotClient, utcnow
-from syncd.store.outbox import NewDelivery, enqueue
+from syncd.store.outbox import enqueue
+
+__all__ = ["Effects", "LinkRequest", "LinkResult", "LinkStore", "no_effects"]
 
 #: Key of the PostgreSQL advisory lock that serialises identity writers.
 IDENTITY_LOCK = 0x5C_D0_00_02
-
-
-#: What else a change to an identity causes, in the same transaction (the outbox).
-Effects = Callable[[Person | None, Person], list[NewDelivery]]
-
-
-def no_effects(before: Person | None, after: Person) -> list[NewDelivery]:
-    return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,56 +38,6 @@ class LinkResult:
     identity_id: int | None = None
     conflict_id: int | None = None
     detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class LinkRequest:
-    claim: LinkClaim
-    source: str
-
-
-class _View:
-    """The identities a batch touches, indexed by each key."""
-
-    def __init__(self, people: list[Person]) -> None:
-        self.people: dict[int, Person] = {}
-        self.email: dict[str, int] = {}
-        self.telegram: dict[int, int] = {}
-        self.client: dict[tuple[int, int], int] = {}
-        for person in people:
-            self.put(None, person)
-
-    def holders(self, claim: LinkClaim) -> Holders:
-        def get(key: int | None) -> Person | None:
-            return self.people.get(key) if key is not None else None
-
-        client = (
-            self.client.get((claim.project_id, claim.client_id))
-            if claim.client_id is not None
-            else None
-        )
-        return Holders(
-            by_email=get(self.email.get(claim.email)),
-            by_telegram=get(self.telegram.get(claim.telegram_id))
-            if claim.telegram_id is not None
-            else None,
-            by_client=get(client),
-        )
-
-    def put(self, before: Person | None, after: Person) -> None:
-        assert after.id is not None
-        if before is not None:
-            self.email.pop(before.email, None)
-            if before.telegram_id is not None:
-                self.telegram.pop(before.telegram_id, None)
-            for pair in before.clients.items():
-                self.client.pop(pair, None)
-        self.people[after.id] = after
-        self.email[after.email] = after.id
-        if after.telegram_id is not None:
-            self.telegram[after.telegram_id] = after.id
-        for pair in after.clients.items():
-            self.client[pair] = after.id
 
 
 class LinkStore:
@@ -103,7 +49,7 @@ class LinkStore:
         self.engine = engine
         self.on_conflict = on_conflict
         self.effects = effects
-        #: How many deliveries the last committed batches enqueued (for waking a dispatcher).
+        #: How many deliveries committed batches enqueued (for waking a dispatcher).
         self.enqueued = 0
 
     async def apply(self, requests: Sequence[LinkRequest]) -> list[LinkResult]:
@@ -115,142 +61,143 @@ class LinkStore:
                     await conn.execute(
                         text("SELECT pg_advisory_xact_lock(:k)"), {"k": IDENTITY_LOCK}
                     )
-                batch = _Batch(conn, self.on_conflict, self.effects)
-                results = await batch.run(requests)
-        self.enqueued += batch.enqueued
+                people = await load_people(conn, [r.claim for r in requests])
+                first = {p.id: p for p in people if p.id is not None}
+                plan = Plan(first, self.on_conflict, self.effects)
+                for request in requests:
+                    plan.add(request)
+                results = await _write(conn, plan, requests, utcnow())
+        self.enqueued += len(plan.deliveries)
         return results
 
 
-class _Batch:
-    def __init__(self, conn: AsyncConnection, on_conflict: OnConflict, effects: Effects) -> None:
-        self.conn = conn
-        self.on_conflict = on_conflict
-        self.effects = effects
-        self.now = utcnow()
-        self.changes: list[dict[str, Any]] = []
-        self.deliveries: list[NewDelivery] = []
-        self.enqueued = 0
-
-    async def run(self, requests: Sequence[LinkRequest]) -> list[LinkResult]:
-        view = _View(await load_people(self.conn, [r.claim for r in requests]))
-        results = []
-        for request in requests:
-            decision = decide(request.claim, view.holders(request.claim), self.on_conflict)
-            results.append(await self.write(request, decision, view))
-        if self.changes:
-            await self.conn.execute(insert(IdentityChange), self.changes)
-        await enqueue(self.conn, self.deliveries, self.now)
-        self.enqueued = len(self.deliveries)
-        return results
-
-    async def write(self, request: LinkRequest, decision: Decision, view: _View) -> LinkResult:
+async def _write(
+    conn: AsyncConnection, plan: Plan, requests: Sequence[LinkRequest], now: datetime
+) -> list[LinkResult]:
+    updated = plan.updated()
+    if plan.telegram_moves():  # let go first: telegram_id is unique
+        await conn.execute(
+            update(Identity)
+            .where(Identity.id.in_([first.id for first, _ in updated]))
+            .values(telegram_id=None)
+        )
+    removed = plan.clients_removed()
+    if removed:
+        await conn.execute(
+            delete(SalebotClient).where(
+                SalebotClient.project_id == bindparam("b_project"),
+                SalebotClient.client_id == bindparam("b_client"),
+            ),
+            [{"b_project": p, "b_client": c} for p, c in sorted(removed)],
+        )
+    ids = {i: i for i in plan.people if i > 0}
+    created = plan.created()
+    if created:
+        rows = await conn.execute(
+            # mapped back by email below: no sort_by_parameter_order, which on SQLite
+            # would make SQLAlchemy insert one row per statement
+            insert(Identity).returning(Identity.id, Identity.email),
+            [
+                {
+                    "email": p.email,
+                    "telegram_id": p.telegram_id,
+                    "gc_user_id": p.gc_user_id,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for p in created
+            ],
+        )
+        by_email = {email: new_id for new_id, email in rows}
+        for person in created:
+            assert person.id is not None
+            ids[person.id] = by_email[person.email]
+    if updated:
+        await conn.execute(
+            update(Identity)
+            .where(Identity.id == bindparam("b_id"))
+            .values(telegram_id=bindparam("b_telegram"), updated_at=now),
+            [{"b_id": final.id, "b_telegram": final.telegram_id} for _, final in updated],
+        )
+    added = plan.clients_added()
+    if added:
+        await conn.execute(
+            insert(SalebotClient),
+            [
+                {"project_id": p, "client_id": c, "identity_id": ids[i], "created_at": now}
+                for p, c, i in added
+            ],
+        )
+    if plan.changes:
+        await conn.execute(
+            insert(IdentityChange),
+            [
+                {
+                    "identity_id": ids[change.identity_id],
+                    "source": change.source,
+                    "before": change.before.keys() if change.before is not None else None,
+                    "after": replace(change.after, id=ids[change.identity_id]).keys(),
+                    "reason": change.reason,
+                    "changed_at": now,
+                }
+                for change in plan.changes
+            ],
+        )
+    deliveries = [
+        replace(d, identity_id=ids.get(d.identity_id, d.identity_id))
+        if d.identity_id is not None
+        else d
+        for d in plan.deliveries
+    ]
+    await enqueue(conn, deliveries, now)
+    results = []
+    for request, decision, target in zip(requests, plan.decisions, plan.targets, strict=True):
         if decision.status == "conflict":
-            conflict_id = await self.record_conflict(request, decision)
-            return LinkResult("conflict", conflict_id=conflict_id, detail=decision.reason)
-        target = decision.target
-        assert target is not None
-        if decision.status == "unchanged":
-            return LinkResult("unchanged", identity_id=target.after.id)
-        stored: Person | None = None
-        for change in decision.changes:
-            stored = await self.write_change(change, request.source, decision.reason)
-            view.put(change.before, stored)
-        assert stored is not None
-        return LinkResult(decision.status, identity_id=stored.id, detail=decision.reason)
-
-    async def write_change(self, change: Change, source: str, reason: str) -> Person:
-        before, after = change.before, change.after
-        if before is None:
-            new_id = await self.conn.scalar(
-                insert(Identity)
-                .values(
-                    email=after.email,
-                    telegram_id=after.telegram_id,
-                    gc_user_id=after.gc_user_id,
-                    created_at=self.now,
-                    updated_at=self.now,
-                )
-                .returning(Identity.id)
-            )
-            assert new_id is not None
-            after = replace(after, id=new_id)
-            old_clients: set[tuple[int, int]] = set()
+            conflict_id = await _record_conflict(conn, request, decision, now)
+            results.append(LinkResult("conflict", conflict_id=conflict_id, detail=decision.reason))
         else:
-            await self.conn.execute(
-                update(Identity)
-                .where(Identity.id == before.id)
-                .values(telegram_id=after.telegram_id, updated_at=self.now)
-            )
-            old_clients = set(before.clients.items())
-        new_clients = set(after.clients.items())
-        for project_id, client_id in old_clients - new_clients:
-            await self.conn.execute(
-                delete(SalebotClient).where(
-                    SalebotClient.project_id == project_id, SalebotClient.client_id == client_id
-                )
-            )
-        added = new_clients - old_clients
-        if added:
-            await self.conn.execute(
-                insert(SalebotClient),
-                [
-                    {
-                        "project_id": p,
-                        "client_id": c,
-                        "identity_id": after.id,
-                        "created_at": self.now,
-                    }
-                    for p, c in sorted(added)
-                ],
-            )
-        self.changes.append(
-            {
-                "identity_id": after.id,
-                "source": source,
-                "before": before.keys() if before is not None else None,
-                "after": after.keys(),
-                "reason": reason,
-                "changed_at": self.now,
-            }
-        )
-        self.deliveries.extend(self.effects(before, after))
-        return after
+            assert target is not None
+            results.append(LinkResult(decision.status, ids[target], detail=decision.reason))
+    return results
 
-    async def record_conflict(self, request: LinkRequest, decision: Decision) -> int:
-        """Store the conflict for an operator; a repeat of an open one is counted, not copied."""
-        claim = request.claim
-        same = (
-            (LinkConflict.status == "open")
-            & (LinkConflict.email == claim.email)
-            & (LinkConflict.project_id == claim.project_id)
-            & _eq_or_null(LinkConflict.telegram_id, claim.telegram_id)
-            & _eq_or_null(LinkConflict.client_id, claim.client_id)
+
+async def _record_conflict(
+    conn: AsyncConnection, request: LinkRequest, decision: Decision, now: datetime
+) -> int:
+    """Store the conflict for an operator; a repeat of an open one is counted, not copied."""
+    claim = request.claim
+    same = (
+        (LinkConflict.status == "open")
+        & (LinkConflict.email == claim.email)
+        & (LinkConflict.project_id == claim.project_id)
+        & _eq_or_null(LinkConflict.telegram_id, claim.telegram_id)
+        & _eq_or_null(LinkConflict.client_id, claim.client_id)
+    )
+    existing = await conn.scalar(select(LinkConflict.id).where(same).limit(1))
+    if isinstance(existing, int):
+        await conn.execute(
+            update(LinkConflict)
+            .where(LinkConflict.id == existing)
+            .values(seen_count=LinkConflict.seen_count + 1, last_seen_at=now)
         )
-        existing = await self.conn.scalar(select(LinkConflict.id).where(same).limit(1))
-        if isinstance(existing, int):
-            await self.conn.execute(
-                update(LinkConflict)
-                .where(LinkConflict.id == existing)
-                .values(seen_count=LinkConflict.seen_count + 1, last_seen_at=self.now)
-            )
-            return existing
-        new_id = await self.conn.scalar(
-            insert(LinkConflict)
-            .values(
-                source=request.source,
-                email=claim.email,
-                telegram_id=claim.telegram_id,
-                project_id=claim.project_id,
-                client_id=claim.client_id,
-                holders={"identity_ids": list(decision.holders)},
-                reason=decision.reason,
-                created_at=self.now,
-                last_seen_at=self.now,
-            )
-            .returning(LinkConflict.id)
+        return existing
+    new_id = await conn.scalar(
+        insert(LinkConflict)
+        .values(
+            source=request.source,
+            email=claim.email,
+            telegram_id=claim.telegram_id,
+            project_id=claim.project_id,
+            client_id=claim.client_id,
+            holders={"identity_ids": list(decision.holders)},
+            reason=decision.reason,
+            created_at=now,
+            last_seen_at=now,
         )
-        assert isinstance(new_id, int)
-        return new_id
+        .returning(LinkConflict.id)
+    )
+    assert isinstance(new_id, int)
+    return new_id
 
 
 def _eq_or_null(column: Any, value: int | None) -> Any:
@@ -258,37 +205,40 @@ def _eq_or_null(column: Any, value: int | None) -> Any:
 
 
 async def load_people(conn: AsyncConnection, claims: Sequence[LinkClaim]) -> list[Person]:
-    """Every identity that holds any key of ``claims``, with its Salebot clients."""
+    """Every identity that holds any key of ``claims``, with its Salebot clients (one query)."""
     emails = {c.email for c in claims}
     telegrams = {c.telegram_id for c in claims if c.telegram_id is not None}
-    clients = {(c.project_id, c.client_id) for c in claims if c.client_id is not None}
     conditions = [Identity.email.in_(emails)]
     if telegrams:
         conditions.append(Identity.telegram_id.in_(telegrams))
-    if clients:
-        conditions.append(
-            Identity.id.in_(
-                select(SalebotClient.identity_id).where(
-                    tuple_(SalebotClient.project_id, SalebotClient.client_id).in_(clients)
-                )
-            )
+    by_project: dict[int, set[int]] = {}
+    for c in claims:
+        if c.client_id is not None:
+            by_project.setdefault(c.project_id, set()).add(c.client_id)
+    for project_id, client_ids in by_project.items():
+        # per project, not a row-value IN: SQLite would scan salebot_clients for that
+        owners = select(SalebotClient.identity_id).where(
+            SalebotClient.project_id == project_id, SalebotClient.client_id.in_(client_ids)
         )
-    rows = (await conn.execute(select(Identity).where(or_(*conditions)))).all()
-    return await with_clients(conn, rows)
-
-
-async def with_clients(conn: AsyncConnection, rows: Sequence[Any]) -> list[Person]:
-    """Identity rows → :class:`Person` values with their client ids."""
-    if not rows:
-        return []
-    ids = [row.id for row in rows]
-    owned: dict[int, dict[int, int]] = {i: {} for i in ids}
-    for client in await conn.execute(
-        select(SalebotClient.identity_id, SalebotClient.project_id, SalebotClient.client_id).where(
-            SalebotClient.identity_id.in_(ids)
+        conditions.append(Identity.id.in_(owners))
+    query = (
+        select(
+            Identity.id,
+            Identity.email,
+            Identity.telegram_id,
+            Identity.gc_user_id,
+            SalebotClient.project_id,
+            SalebotClient.client_id,
         )
-    ):
-        owned[client.identity_id][client.project_id] = client.client_id
-    return [
-        Person(row.id, row.email, row.telegram_id, row.gc_user_id, owned[row.id]) for row in rows
-    ]
+        .outerjoin(SalebotClient, SalebotClient.identity_id == Identity.id)
+        .where(or_(*conditions))
+    )
+    keys: dict[int, tuple[str, int | None, int | None]] = {}
+    clients: dict[int, dict[int, int]] = {}
+    for row in await conn.execute(query):
+        identity_id, email, telegram_id, gc_user_id, project_id, client_id = row
+        keys[identity_id] = (email, telegram_id, gc_user_id)
+        owned = clients.setdefault(identity_id, {})
+        if project_id is not None:
+            owned[project_id] = client_id
+    return [Person(i, *keys[i], clients[i]) for i in keys]
