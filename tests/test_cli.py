@@ -145,3 +145,43 @@ def test_commands_refuse_an_unmigrated_database(
     assert f"migrated empty -> {head}" in capsys.readouterr().out
     assert main(["migrate"]) == 0
     assert "already at head" in capsys.readouterr().out
+
+
+def test_outbox_commands(syncd, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    from datetime import timedelta
+
+    from syncd.store import outbox
+    from syncd.store.engine import create_engine
+
+    monkeypatch.setenv("SYNCD_GETCOURSE__API_KEY", "k")  # write-back on: links enqueue
+    assert syncd("outbox", "list")[1].strip() == "no deliveries"
+    for i in range(3):
+        syncd("identity", "link", "--email", f"p{i}@school.ru", "--telegram-id", str(i + 1))
+    code, out, _ = syncd("outbox", "list", "--json")
+    rows = json.loads(out)
+    assert code == 0 and [r["status"] for r in rows] == ["pending"] * 3
+    assert {r["target"] + "." + r["action"] for r in rows} == {"getcourse.import_user"}
+
+    async def kill_two() -> None:  # as the dispatcher does on a permanent failure
+        engine = create_engine(db_url)
+        try:
+            claimed = await outbox.claim(engine, "t", 2, timedelta(seconds=30))
+            await outbox.record(
+                engine, "t", [outbox.Outcome(c.id, "dead", "HTTP 403") for c in claimed]
+            )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(kill_two())
+    stats = json.loads(syncd("outbox", "stats", "--json")[1])
+    assert stats["dead"] == 2 and stats["pending"] == 1 and stats["oldest_due_age_seconds"] >= 0
+    dead = json.loads(syncd("outbox", "list", "--status", "dead", "--json")[1])
+    assert [d["last_error"] for d in dead] == ["HTTP 403", "HTTP 403"]
+    assert "HTTP 403" in syncd("outbox", "list", "--status", "dead")[1]
+    code, out, err = syncd("outbox", "retry", str(dead[0]["id"]), str(rows[2]["id"]))
+    assert code == 1 and "requeued 1" in out and f"delivery {rows[2]['id']} is pending" in err
+    code, out, _ = syncd("outbox", "retry", "--dead")
+    assert code == 0 and "requeued 1" in out
+    assert json.loads(syncd("outbox", "stats", "--json")[1])["pending"] == 3
+    assert syncd("outbox", "retry")[0] == 2  # neither ids nor --dead
