@@ -94,7 +94,13 @@ async def cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
         failed += not ok
         out(f"{'ok  ' if ok else 'FAIL'} {what}: {text}")
 
+    from syncd.rules import compile_rules
+
     line(True, "config", str(args.config_path or "built-in defaults"))
+    try:
+        line(True, "rules", f"{len(compile_rules(settings.rules))} rules")
+    except ConfigError as exc:
+        line(False, "rules", str(exc))
     line(
         bool(settings.http.token),
         "http.token",
@@ -220,6 +226,25 @@ async def cmd_export_identities(args: argparse.Namespace, settings: config.Setti
     return 0
 
 
+async def cmd_events_list(args: argparse.Namespace, settings: config.Settings) -> int:
+    from syncd.store.events import listing
+
+    async with open_store(settings) as engine:
+        rows = await listing(engine, args.kind, args.limit)
+    if args.json:
+        dump(rows)
+        return 0
+    if not rows:
+        out("no events" + (f" of kind {args.kind}" if args.kind else ""))
+    for r in rows:
+        line = f"#{r['id']} {r['received_at']} {r['kind']} {r['external_id']} via {r['source']}"
+        line += f" {r['status']} identity={r['identity_id']}"
+        if r["notes"]:
+            line += f" — {r['notes']}"
+        out(line)
+    return 0
+
+
 async def cmd_outbox_list(args: argparse.Namespace, settings: config.Settings) -> int:
     from syncd.store import outbox
 
@@ -316,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     clist = add("list", cmd_conflicts_list, "list open link conflicts", conflicts_cmds)
     clist.add_argument("--json", action="store_true", help="print JSON")
+
+    events = commands.add_parser("events", help="the GetCourse event log")
+    events_cmds = events.add_subparsers(dest="action", required=True, metavar="ACTION")
+    elist = add("list", cmd_events_list, "list events, newest last", events_cmds)
+    elist.add_argument("--kind", metavar="K", help="only this kind (deal.paid, user.created, …)")
+    elist.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    elist.add_argument("--json", action="store_true", help="print JSON")
 
     outbox = commands.add_parser("outbox", help="the queue of outgoing calls")
     outbox_cmds = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")

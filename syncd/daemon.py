@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,14 +28,17 @@ from syncd.clients.getcourse import GetCourseClient
 from syncd.clients.http import new_http_client
 from syncd.clients.salebot import SalebotClient
 from syncd.config import Settings
-from syncd.errors import ConfigError, PermanentError, SchemaNotReady
+from syncd.errors import ConfigError, PermanentError, SchemaNotReady, StoreUnavailable
+from syncd.events import NewEvent
 from syncd.http.app import AppContext, create_app
 from syncd.outbox import Dispatcher, Sender
 from syncd.ratelimit import RateLimiter
 from syncd.retry import BackoffPolicy
+from syncd.rules import compile_rules
 from syncd.store import migrate
 from syncd.store.engine import create_engine, safe_url
 from syncd.store.errors import translated
+from syncd.store.events import Addressing, EventStore, IngestResult, expire_waiting
 from syncd.store.links import Effects, LinkRequest, LinkResult, LinkStore, no_effects
 from syncd.writeback import WriteBack
 
@@ -76,6 +80,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT."""
+    addressing(settings)  # a bad rule stops start-up before anything opens
     if not settings.http.token:
         raise ConfigError("http.token", "must be set (the shared secret of every /v1 endpoint)")
     stop = asyncio.Event()
@@ -120,6 +125,26 @@ def write_back(settings: Settings) -> Effects:
     )
 
 
+def addressing(settings: Settings) -> Addressing:
+    """The compiled ``[[rules]]`` and how to address Salebot (a ConfigError names a bad rule)."""
+    return Addressing(
+        compile_rules(settings.rules),
+        settings.salebot.project_id,
+        settings.salebot.bot_name,
+        settings.delivery.wait_for_link,
+    )
+
+
+async def _expire(engine: AsyncEngine) -> None:
+    try:
+        expired = await expire_waiting(engine)
+    except StoreUnavailable as exc:
+        logger.warning("cannot expire waiting events: {}", exc)
+        return
+    if expired:
+        logger.info("{} events waited longer than delivery.wait_for_link: expired", expired)
+
+
 async def _serve(settings: Settings, stop: asyncio.Event) -> None:
     async with AsyncExitStack() as stack:
         engine = create_engine(settings.database.url)
@@ -138,7 +163,10 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
                 lease=settings.delivery.lease,
             )
         )
-        store = LinkStore(engine, settings.identity.on_conflict, write_back(settings))
+        event_store = EventStore(engine, addressing(settings))
+        store = LinkStore(
+            engine, settings.identity.on_conflict, write_back(settings), event_store.after_link
+        )
 
         async def apply_links(requests: Sequence[LinkRequest]) -> list[LinkResult]:
             before = store.enqueued
@@ -150,9 +178,25 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
         links: Batcher[LinkRequest, LinkResult] = await stack.enter_async_context(
             Batcher(apply_links, name="links")
         )
+
+        async def apply_events(batch: Sequence[NewEvent]) -> list[IngestResult]:
+            before = event_store.enqueued
+            results = await event_store.ingest(batch)
+            if event_store.enqueued != before:
+                dispatcher.wake()
+            return results
+
+        events: Batcher[NewEvent, IngestResult] = await stack.enter_async_context(
+            Batcher(apply_events, name="events")
+        )
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        scheduler.add_job(_expire, "interval", seconds=60, args=[engine], id="expire-waiting")
+        scheduler.start()
+        stack.callback(scheduler.shutdown, wait=False)
         ctx = AppContext(
             engine=engine,
             links=links,
+            events=events,
             token=settings.http.token,
             max_body_bytes=settings.http.max_body_bytes,
             project_id=settings.salebot.project_id,

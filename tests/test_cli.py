@@ -185,3 +185,51 @@ def test_outbox_commands(syncd, db_url: str, monkeypatch: pytest.MonkeyPatch) ->
     assert code == 0 and "requeued 1" in out
     assert json.loads(syncd("outbox", "stats", "--json")[1])["pending"] == 3
     assert syncd("outbox", "retry")[0] == 2  # neither ids nor --dead
+
+
+def test_events_list(syncd, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from syncd.events import from_process
+    from syncd.store.engine import create_engine
+    from syncd.store.events import Addressing, EventStore
+
+    assert syncd("events", "list")[1].strip() == "no events"
+
+    async def ingest() -> None:
+        engine = create_engine(db_url)
+        try:
+            store = EventStore(engine, Addressing((), P, "bot", timedelta(days=1)))
+            await store.ingest(
+                [
+                    from_process("deal.paid", {"email": "a@school.ru", "id": "1"}),
+                    from_process("user.created", {"user_id": "5", "id": "5"}),
+                ]
+            )
+        finally:
+            await engine.dispose()
+
+    from datetime import timedelta
+
+    asyncio.run(ingest())
+    rows = json.loads(syncd("events", "list", "--json")[1])
+    assert [(r["kind"], r["external_id"], r["source"]) for r in rows] == [
+        ("deal.paid", "1", "webhook"),
+        ("user.created", "5", "webhook"),
+    ]
+    only = json.loads(syncd("events", "list", "--kind", "user.created", "--json")[1])
+    assert [r["gc_user_id"] for r in only] == [5]
+    assert "deal.paid 1 via webhook done" in syncd("events", "list")[1]
+
+
+def test_check_names_a_bad_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[[rules]]\nevent = "deal.paid"\naction = "callback"\nmessage = "{oops}"\n')
+    monkeypatch.setenv("SYNCD_DATABASE__URL", f"sqlite:///{tmp_path / 'x.db'}")
+    assert main(["--config", str(path), "check"]) == 1
+    assert (
+        "FAIL rules: rules.0: rule (deal.paid → callback): unknown field {oops}"
+        in capsys.readouterr().out
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.config import load, parse_duration
+from syncd.config import Settings, load, parse_duration
 from syncd.errors import ConfigError
 
 
@@ -139,3 +139,28 @@ def test_cli_stops_with_one_line(tmp_path: Path, text: str, expect: str) -> None
     assert expect in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_example_config_loads_and_its_commented_rules_compile() -> None:
+    import tomllib
+
+    from syncd.rules import compile_rules
+
+    example = Path(__file__).parent.parent / "config.example.toml"
+    assert load(example, env={}).settings.http.port == 8787
+    text = example.read_text(encoding="utf-8")
+    block = text[text.index("# A new GetCourse user") :]
+    toml = "\n".join(
+        line[2:]
+        if line.startswith("# ") and line[2:3] in ("[", "e", "a", "m", "v", "w", "f")
+        else ""
+        for line in block.splitlines()
+    )
+    rules = compile_rules(Settings.model_validate(tomllib.loads(toml)).rules)
+    assert [r.event for r in rules] == [
+        "user.created",
+        "deal.created",
+        "deal.paid",
+        "group.joined",
+        "deal.status_changed",
+    ]

@@ -14,8 +14,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncd.batching import Batcher
+from syncd.config import Settings
+from syncd.daemon import addressing, write_back
 from syncd.http.app import AppContext, create_app
 from syncd.store.engine import create_engine
+from syncd.store.events import EventStore
 from syncd.store.links import LinkStore
 from syncd.store.models import Identity, LinkConflict
 
@@ -24,10 +27,20 @@ P = 294495
 LIMIT = 4096
 
 
-async def client_for(engine: AsyncEngine, token: str = TOKEN) -> AsyncIterator[httpx.AsyncClient]:
-    store = LinkStore(engine, "reject")
-    async with Batcher(store.apply, name="links") as links:
-        app = create_app(AppContext(engine, links, token, LIMIT, P))
+async def client_for(
+    engine: AsyncEngine, token: str = TOKEN, settings: Settings | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process, wired as ``syncd run`` wires it (rules from ``settings``)."""
+    settings = settings or Settings()
+    event_store = EventStore(engine, addressing(settings))
+    store = LinkStore(
+        engine, settings.identity.on_conflict, write_back(settings), event_store.after_link
+    )
+    async with (
+        Batcher(store.apply, name="links") as links,
+        Batcher(event_store.ingest, name="events") as events,
+    ):
+        app = create_app(AppContext(engine, links, events, token, LIMIT, P))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://syncd") as client:
             yield client

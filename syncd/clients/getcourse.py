@@ -16,15 +16,9 @@ import httpx
 
 from syncd.clients.http import send
 from syncd.errors import PermanentError, TransientError
+from syncd.events import truthy
 
 TRANSIENT_MESSAGES = ("слишком много запросов",)
-
-
-def truthy(value: object) -> bool:
-    """GetCourse booleans: true/false, 1/0, "true"/"false", "1"/"0"."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes")
-    return bool(value)
 
 
 def encode_params(params: dict[str, Any]) -> str:

@@ -21,12 +21,14 @@ from starlette.types import ASGIApp
 
 from syncd.batching import Batcher
 from syncd.errors import InvalidInput, StoreUnavailable
+from syncd.events import NewEvent, from_process, from_techapi
 from syncd.http.auth import Unauthorized, require_token
 from syncd.http.hotpath import Handler, HotPaths
 from syncd.http.params import BodyTooLarge, read_params
 from syncd.identity import normalise_link
 from syncd.logs import mask_email
 from syncd.store import migrate
+from syncd.store.events import IngestResult
 from syncd.store.links import LinkRequest, LinkResult
 
 #: How long a request waits for the store before answering 503.
@@ -37,6 +39,7 @@ STORE_WAIT_SECONDS = 15.0
 class AppContext:
     engine: AsyncEngine
     links: Batcher[LinkRequest, LinkResult]
+    events: Batcher[NewEvent, IngestResult]
     token: str
     max_body_bytes: int
     project_id: int
@@ -74,6 +77,24 @@ def create_app(ctx: AppContext) -> ASGIApp:
             {"success": True, "status": result.status, "identity_id": result.identity_id}
         )
 
+    async def ingest(event: NewEvent) -> Response:
+        async with asyncio.timeout(STORE_WAIT_SECONDS):
+            result = await ctx.events.submit(event)
+        ctx.counts[f"event {event.kind}" + (" (duplicate)" if result.duplicate else "")] += 1
+        logger.debug("event {} {} → {}", event.kind, result.event_id, result.status)
+        return JSONResponse(
+            {"success": True, "event_id": result.event_id, "duplicate": result.duplicate}
+        )
+
+    async def getcourse_event(request: Request) -> Response:
+        require_token(request, token)
+        params = await read_params(request, ctx.max_body_bytes)
+        return await ingest(from_process(request.path_params["event"], params))
+
+    async def getcourse_techapi(request: Request) -> Response:
+        require_token(request, token)
+        return await ingest(from_techapi(await read_params(request, ctx.max_body_bytes)))
+
     async def healthz(_: Request) -> Response:
         return JSONResponse({"success": True, "status": "alive"})
 
@@ -93,13 +114,24 @@ def create_app(ctx: AppContext) -> ASGIApp:
     app = Starlette(
         routes=[
             Route("/v1/links", post_links, methods=["POST"]),
+            Route("/v1/getcourse/events/{event}", getcourse_event, methods=["GET", "POST"]),
+            Route("/v1/getcourse/techapi", getcourse_techapi, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
         ],
         exception_handlers=handlers,
     )
     kinds = {kind: handler for kind, handler in handlers.items() if isinstance(kind, type)}
-    return HotPaths(app, {("POST", "/v1/links"): post_links}, kinds)
+    events = "/v1/getcourse/events/"
+    return HotPaths(
+        app,
+        {("POST", "/v1/links"): post_links, ("POST", "/v1/getcourse/techapi"): getcourse_techapi},
+        kinds,
+        {
+            ("GET", events): ("event", getcourse_event),
+            ("POST", events): ("event", getcourse_event),
+        },
+    )
 
 
 def _handlers() -> dict[Any, Handler]:

@@ -1,8 +1,9 @@
 """The hot routes, served without the framework's per-request layers.
 
-``/v1/links`` (and later the GetCourse webhooks) answer thousands of requests a second;
+``/v1/links`` and the GetCourse webhooks answer thousands of requests a second;
 Starlette's router and middleware stack cost a measurable share of that (see
-``docs/performance.md``). :class:`HotPaths` sends an exact ``(method, path)`` match
+``docs/performance.md``). :class:`HotPaths` sends an exact ``(method, path)`` match — or
+a ``(method, prefix)`` match, the rest of the path becoming ``path_params[name]`` —
 straight to its endpoint, with the same exception handlers the Starlette app uses, and
 hands every other request to the Starlette app (routing, 404/405, the rest).
 """
@@ -25,15 +26,29 @@ class HotPaths:
         app: ASGIApp,
         routes: Mapping[tuple[str, str], Endpoint],
         handlers: Mapping[type[Exception], Handler],
+        prefixes: Mapping[tuple[str, str], tuple[str, Endpoint]] | None = None,
     ) -> None:
         self.app = app
         self.routes = routes
         self.handlers = handlers
+        self.prefixes = prefixes or {}
+
+    def _match(self, scope: Scope) -> Endpoint | None:
+        if scope["type"] != "http":
+            return None
+        method, path = scope["method"], scope["path"]
+        endpoint = self.routes.get((method, path))
+        if endpoint is not None:
+            return endpoint
+        for (wanted, prefix), (name, candidate) in self.prefixes.items():
+            rest = path[len(prefix) :]
+            if method == wanted and path.startswith(prefix) and rest and "/" not in rest:
+                scope["path_params"] = {name: rest}
+                return candidate
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = (
-            self.routes.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
-        )
+        endpoint = self._match(scope)
         if endpoint is None:
             await self.app(scope, receive, send)
             return

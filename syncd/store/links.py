@@ -12,7 +12,7 @@ acknowledges a link that is not stored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -27,6 +27,10 @@ from syncd.store.models import Identity, IdentityChange, LinkConflict, SalebotCl
 from syncd.store.outbox import enqueue
 
 __all__ = ["Effects", "LinkRequest", "LinkResult", "LinkStore", "no_effects"]
+
+#: Called in the link's transaction with the final state of every identity the batch
+#: changed (real ids); returns how many deliveries it enqueued (waiting events).
+AfterLink = Callable[[AsyncConnection, list[Person], datetime], Awaitable[int]]
 
 #: Key of the PostgreSQL advisory lock that serialises identity writers.
 IDENTITY_LOCK = 0x5C_D0_00_02
@@ -44,11 +48,16 @@ class LinkStore:
     """Applies links; see the module docstring for the transaction rules."""
 
     def __init__(
-        self, engine: AsyncEngine, on_conflict: OnConflict, effects: Effects = no_effects
+        self,
+        engine: AsyncEngine,
+        on_conflict: OnConflict,
+        effects: Effects = no_effects,
+        after_link: AfterLink | None = None,
     ) -> None:
         self.engine = engine
         self.on_conflict = on_conflict
         self.effects = effects
+        self.after_link = after_link
         #: How many deliveries committed batches enqueued (for waking a dispatcher).
         self.enqueued = 0
 
@@ -66,14 +75,22 @@ class LinkStore:
                 plan = Plan(first, self.on_conflict, self.effects)
                 for request in requests:
                     plan.add(request)
-                results = await _write(conn, plan, requests, utcnow())
-        self.enqueued += len(plan.deliveries)
+                now = utcnow()
+                results, ids = await _write(conn, plan, requests, now)
+                enqueued = len(plan.deliveries)
+                if self.after_link is not None:
+                    changed = [p for i, p in plan.people.items() if i < 0 or p != plan.initial[i]]
+                    final = [replace(p, id=ids[p.id]) for p in changed if p.id is not None]
+                    if final:
+                        enqueued += await self.after_link(conn, final, now)
+        self.enqueued += enqueued
         return results
 
 
 async def _write(
     conn: AsyncConnection, plan: Plan, requests: Sequence[LinkRequest], now: datetime
-) -> list[LinkResult]:
+) -> tuple[list[LinkResult], dict[int, int]]:
+    """Write the plan; return the results and the map of plan ids to stored ids."""
     updated = plan.updated()
     if plan.telegram_moves():  # let go first: telegram_id is unique
         await conn.execute(
@@ -158,7 +175,7 @@ async def _write(
         else:
             assert target is not None
             results.append(LinkResult(decision.status, ids[target], detail=decision.reason))
-    return results
+    return results, ids
 
 
 async def _record_conflict(
@@ -204,13 +221,25 @@ def _eq_or_null(column: Any, value: int | None) -> Any:
     return column.is_(None) if value is None else column == value
 
 
-async def load_people(conn: AsyncConnection, claims: Sequence[LinkClaim]) -> list[Person]:
-    """Every identity that holds any key of ``claims``, with its Salebot clients (one query)."""
-    emails = {c.email for c in claims}
+async def load_people(
+    conn: AsyncConnection,
+    claims: Sequence[LinkClaim] = (),
+    *,
+    emails: Iterable[str] = (),
+    gc_user_ids: Iterable[int] = (),
+) -> list[Person]:
+    """Every identity holding any key of ``claims`` (or one of ``emails`` / ``gc_user_ids``),
+    with its Salebot clients, in one query."""
+    wanted_emails = {c.email for c in claims} | set(emails)
     telegrams = {c.telegram_id for c in claims if c.telegram_id is not None}
-    conditions = [Identity.email.in_(emails)]
+    gc_ids = set(gc_user_ids)
+    conditions = []
+    if wanted_emails:
+        conditions.append(Identity.email.in_(wanted_emails))
     if telegrams:
         conditions.append(Identity.telegram_id.in_(telegrams))
+    if gc_ids:
+        conditions.append(Identity.gc_user_id.in_(gc_ids))
     by_project: dict[int, set[int]] = {}
     for c in claims:
         if c.client_id is not None:
@@ -221,6 +250,13 @@ async def load_people(conn: AsyncConnection, claims: Sequence[LinkClaim]) -> lis
             SalebotClient.project_id == project_id, SalebotClient.client_id.in_(client_ids)
         )
         conditions.append(Identity.id.in_(owners))
+    if not conditions:
+        return []
+    return await people_where(conn, or_(*conditions))
+
+
+async def people_where(conn: AsyncConnection, condition: Any) -> list[Person]:
+    """The identities matching ``condition``, as :class:`Person` values with their clients."""
     query = (
         select(
             Identity.id,
@@ -231,7 +267,7 @@ async def load_people(conn: AsyncConnection, claims: Sequence[LinkClaim]) -> lis
             SalebotClient.client_id,
         )
         .outerjoin(SalebotClient, SalebotClient.identity_id == Identity.id)
-        .where(or_(*conditions))
+        .where(condition)
     )
     keys: dict[int, tuple[str, int | None, int | None]] = {}
     clients: dict[int, dict[int, int]] = {}

@@ -155,3 +155,36 @@ class Delivery(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     last_error: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[datetime | None]
+
+
+class Event(Base):
+    """One GetCourse event (SPEC §6), unique per ``(kind, external_id)`` across sources.
+
+    ``status``: ``done`` (rules applied: deliveries enqueued, or none apply),
+    ``waiting_link`` (a rule needs a Telegram id or client id the person does not have
+    yet; kept until ``wait_until``), ``expired`` (waited in vain). ``notes`` says why a
+    rule gave no delivery.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("kind", "external_id"),
+        Index("ix_events_status_identity_id", "status", "identity_id"),
+        Index("ix_events_gc_user_id", "gc_user_id"),
+        Index("ix_events_received_at", "received_at"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    external_id: Mapped[str] = mapped_column(String(128))
+    occurred_at: Mapped[datetime | None]
+    received_at: Mapped[datetime]
+    email: Mapped[str | None] = mapped_column(String(320))
+    gc_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    identity_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("identities.id", ondelete="SET NULL")
+    )
+    data: Mapped[dict[str, Any]]
+    source: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    wait_until: Mapped[datetime | None]
+    notes: Mapped[str] = mapped_column(Text, server_default="")

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from syncd.store.dialect import insert_ignoring
 from syncd.store.errors import translated
 from syncd.store.models import Delivery, utcnow
 
@@ -60,12 +61,16 @@ class Outcome:
 async def enqueue(
     conn: AsyncConnection, deliveries: Sequence[NewDelivery], now: datetime | None = None
 ) -> None:
-    """Insert deliveries in the caller's transaction (the transactional outbox)."""
+    """Insert deliveries in the caller's transaction (the transactional outbox).
+
+    A delivery whose ``dedupe_key`` is already in the table is skipped: a rule's call for
+    an event is enqueued once, however often the event is looked at.
+    """
     if not deliveries:
         return
     now = now or utcnow()
     await conn.execute(
-        insert(Delivery),
+        insert_ignoring(conn, Delivery, "dedupe_key"),
         [
             {
                 "target": d.target,

@@ -1,0 +1,357 @@
+"""The event log: ingest, de-duplicate, resolve the person, apply the rules (SPEC §6).
+
+:meth:`EventStore.ingest` takes a batch of :class:`~syncd.events.NewEvent` and, in one
+transaction under the identity lock (the same one links take):
+
+1. drops repeats of ``(kind, external_id)`` — already stored or earlier in the batch;
+2. resolves each event's person by ``gc_user_id``, else email; an email GetCourse knows
+   but syncd does not becomes a new identity (so a later link finds it), and a
+   ``gc_user_id`` learned for a known email is stored — which releases write-backs that
+   waited for it (``getcourse.create_users = false``);
+3. applies the rules: a delivery per matching rule (unique per event and rule), or
+   ``waiting_link`` until ``delivery.wait_for_link`` when a rule needs an address the
+   person does not have yet, or a note on the event saying why a rule gave nothing.
+
+:meth:`EventStore.after_link` runs in a link's transaction and delivers what waited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from syncd.events import NewEvent
+from syncd.identity import Person
+from syncd.rules import Rendered, Rule
+from syncd.store.errors import translated
+from syncd.store.links import IDENTITY_LOCK, load_people
+from syncd.store.models import Delivery, Event, Identity, IdentityChange, utcnow
+from syncd.store.outbox import NewDelivery, enqueue
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    event_id: int
+    duplicate: bool
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Addressing:
+    rules: tuple[Rule, ...]
+    project_id: int
+    bot_name: str
+    wait_for_link: timedelta
+
+
+@dataclass(slots=True)
+class _Outcome:
+    status: str
+    notes: list[str]
+    calls: list[tuple[Rule, str, dict[str, Any]]]
+
+
+def apply_rules(
+    event_data: dict[str, Any], kind: str, person: Person | None, a: Addressing
+) -> _Outcome:
+    """What the rules make of one event for ``person`` (no I/O)."""
+    outcome = _Outcome("done", [], [])
+    client_id = person.clients.get(a.project_id) if person is not None else None
+    telegram_id = person.telegram_id if person is not None else None
+    for rule in a.rules:
+        if not rule.matches(kind, event_data):
+            continue
+        rendered = rule.render(event_data)
+        if not isinstance(rendered, Rendered):
+            outcome.notes.append(rendered)
+            continue
+        call = rule.delivery(
+            rendered, client_id=client_id, telegram_id=telegram_id, bot_name=a.bot_name
+        )
+        if call is None:
+            outcome.status = "waiting_link"
+            continue
+        outcome.calls.append((rule, *call))
+    return outcome
+
+
+class EventStore:
+    def __init__(self, engine: AsyncEngine, addressing: Addressing) -> None:
+        self.engine = engine
+        self.addressing = addressing
+        #: How many deliveries committed batches enqueued (for waking a dispatcher).
+        self.enqueued = 0
+
+    async def ingest(self, events: Sequence[NewEvent]) -> list[IngestResult]:
+        async with translated(), self.engine.connect() as conn:
+            conn = await conn.execution_options(write_lock=True)
+            async with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:k)"), {"k": IDENTITY_LOCK}
+                    )
+                results, enqueued = await self._ingest(conn, events, utcnow())
+        self.enqueued += enqueued
+        return results
+
+    async def _ingest(
+        self, conn: AsyncConnection, events: Sequence[NewEvent], now: datetime
+    ) -> tuple[list[IngestResult], int]:
+        keys = [(e.kind, e.external_id) for e in events]
+        stored = await _existing(conn, set(keys))
+        fresh: dict[tuple[str, str], NewEvent] = {}
+        for key, event in zip(keys, events, strict=True):
+            if key not in stored:
+                fresh.setdefault(key, event)
+        people = await self._people(conn, list(fresh.values()), now)
+        rows, outcomes = [], []
+        for (kind, external_id), event in fresh.items():
+            person = _person_for(event, people)
+            data = {**event.data, "kind": kind, "external_id": external_id}
+            outcome = apply_rules(data, kind, person, self.addressing)
+            outcomes.append((event, person, data, outcome))
+            rows.append(
+                {
+                    "kind": kind,
+                    "external_id": external_id,
+                    "occurred_at": event.occurred_at,
+                    "received_at": now,
+                    "email": event.email,
+                    "gc_user_id": event.gc_user_id,
+                    "identity_id": person.id if person is not None else None,
+                    "data": event.data,
+                    "source": event.source,
+                    "status": outcome.status,
+                    "wait_until": now + self.addressing.wait_for_link
+                    if outcome.status == "waiting_link"
+                    else None,
+                    "notes": "; ".join(outcome.notes),
+                }
+            )
+        new_ids: dict[tuple[str, str], int] = {}
+        if rows:
+            inserted = await conn.execute(
+                insert(Event).returning(Event.id, Event.kind, Event.external_id), rows
+            )
+            new_ids = {(kind, external_id): event_id for event_id, kind, external_id in inserted}
+        deliveries = []
+        for event, person, data, outcome in outcomes:
+            event_id = new_ids[(event.kind, event.external_id)]
+            deliveries += _deliveries(event_id, person, data, outcome)
+        await enqueue(conn, deliveries, now)
+        statuses = {(e.kind, e.external_id): o.status for e, _, _, o in outcomes}
+        results, seen = [], set()
+        for key in keys:
+            if key in stored:
+                results.append(IngestResult(stored[key][0], True, stored[key][1]))
+            else:  # a repeat within the batch is a duplicate of its first occurrence
+                results.append(IngestResult(new_ids[key], key in seen, statuses[key]))
+                seen.add(key)
+        return results, len(deliveries)
+
+    async def _people(
+        self, conn: AsyncConnection, events: list[NewEvent], now: datetime
+    ) -> dict[str, dict[Any, Person]]:
+        """The persons of ``events`` by email and gc_user_id, creating and learning."""
+        emails = {e.email for e in events if e.email}
+        gc_ids = {e.gc_user_id for e in events if e.gc_user_id is not None}
+        found = await load_people(conn, emails=emails, gc_user_ids=gc_ids)
+        by_email = {p.email: p for p in found}
+        by_gc = {p.gc_user_id: p for p in found if p.gc_user_id is not None}
+        create: dict[str, int | None] = {}
+        learn: dict[int, int] = {}
+        for e in events:
+            person = (by_gc.get(e.gc_user_id) if e.gc_user_id is not None else None) or (
+                by_email.get(e.email) if e.email else None
+            )
+            gc_free = e.gc_user_id is not None and e.gc_user_id not in by_gc
+            if person is None and e.email:
+                taken = set(create.values())
+                create.setdefault(
+                    e.email, e.gc_user_id if gc_free and e.gc_user_id not in taken else None
+                )
+            elif person is not None and person.gc_user_id is None and gc_free:
+                assert person.id is not None and e.gc_user_id is not None
+                if e.gc_user_id not in learn.values():
+                    learn.setdefault(person.id, e.gc_user_id)
+        changes: list[dict[str, Any]] = []
+        if create:
+            inserted = await conn.execute(
+                insert(Identity).returning(Identity.id, Identity.email, Identity.gc_user_id),
+                [
+                    {"email": email, "gc_user_id": gc, "created_at": now, "updated_at": now}
+                    for email, gc in create.items()
+                ],
+            )
+            for identity_id, email, gc in inserted:
+                person = Person(identity_id, email, None, gc, {})
+                by_email[email] = person
+                if gc is not None:
+                    by_gc[gc] = person
+                changes.append(_change(identity_id, None, person, now))
+        if learn:
+            await conn.execute(
+                update(Identity)
+                .where(Identity.id == bindparam("b_id"))
+                .values(gc_user_id=bindparam("b_gc"), updated_at=now),
+                [{"b_id": i, "b_gc": gc} for i, gc in learn.items()],
+            )
+            await conn.execute(
+                update(Delivery)
+                .where(
+                    Delivery.identity_id.in_(list(learn)),
+                    Delivery.status == "waiting",
+                    Delivery.waiting_for == "gc_user_id",
+                )
+                .values(status="pending", waiting_for=None, next_attempt_at=now)
+            )
+            for identity_id, gc in learn.items():
+                before = next(p for p in by_email.values() if p.id == identity_id)
+                after = Person(identity_id, before.email, before.telegram_id, gc, before.clients)
+                by_email[before.email] = by_gc[gc] = after
+                changes.append(_change(identity_id, before, after, now))
+        if changes:
+            await conn.execute(insert(IdentityChange), changes)
+        return {"email": by_email, "gc": by_gc}
+
+    async def after_link(self, conn: AsyncConnection, people: list[Person], now: datetime) -> int:
+        """Deliver the waiting events of people a link just gave an address."""
+        if not self.addressing.rules:
+            return 0
+        by_id = {p.id: p for p in people}
+        rows = (
+            await conn.execute(
+                select(
+                    Event.id,
+                    Event.kind,
+                    Event.external_id,
+                    Event.data,
+                    Event.identity_id,
+                    Event.wait_until,
+                ).where(Event.status == "waiting_link", Event.identity_id.in_(list(by_id)))
+            )
+        ).all()
+        expired, updates, deliveries = [], [], []
+        for event_id, kind, external_id, data, identity_id, wait_until in rows:
+            if wait_until is not None and wait_until < now:
+                expired.append(event_id)
+                continue
+            person = by_id[identity_id]
+            full = {**data, "kind": kind, "external_id": external_id}
+            outcome = apply_rules(full, kind, person, self.addressing)
+            if outcome.status == "done":
+                updates.append({"b_id": event_id, "b_status": "done"})
+            deliveries += _deliveries(event_id, person, full, outcome)
+        if expired:
+            await conn.execute(update(Event).where(Event.id.in_(expired)).values(status="expired"))
+        if updates:
+            await conn.execute(
+                update(Event)
+                .where(Event.id == bindparam("b_id"))
+                .values(status=bindparam("b_status"), wait_until=None),
+                updates,
+            )
+        await enqueue(conn, deliveries, now)
+        return len(deliveries)
+
+
+def _change(
+    identity_id: int, before: Person | None, after: Person, now: datetime
+) -> dict[str, Any]:
+    return {
+        "identity_id": identity_id,
+        "source": "getcourse",
+        "before": before.keys() if before is not None else None,
+        "after": after.keys(),
+        "reason": "",
+        "changed_at": now,
+    }
+
+
+def _person_for(event: NewEvent, people: dict[str, dict[Any, Person]]) -> Person | None:
+    if event.gc_user_id is not None and event.gc_user_id in people["gc"]:
+        return people["gc"][event.gc_user_id]
+    return people["email"].get(event.email) if event.email else None
+
+
+def _deliveries(
+    event_id: int, person: Person | None, data: dict[str, Any], outcome: _Outcome
+) -> list[NewDelivery]:
+    identity_id = person.id if person is not None else None
+    out = []
+    for rule, action, payload in outcome.calls:
+        if "event_id" in rule.needs:  # the id is known only now: render again with it
+            rendered = rule.render({**data, "event_id": event_id})
+            assert isinstance(rendered, Rendered)
+            payload = {
+                **payload,
+                **({"message": rendered.message} if "message" in payload else {}),
+                **rendered.variables,
+            }
+        out.append(rule.new_delivery(event_id, identity_id, action, payload))
+    return out
+
+
+async def _existing(
+    conn: AsyncConnection, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[int, str]]:
+    """Stored events among ``keys``: (kind, external_id) → (id, status)."""
+    by_kind: dict[str, list[str]] = {}
+    for kind, external_id in keys:
+        by_kind.setdefault(kind, []).append(external_id)
+    found: dict[tuple[str, str], tuple[int, str]] = {}
+    for kind, external_ids in by_kind.items():
+        rows = await conn.execute(
+            select(Event.id, Event.external_id, Event.status).where(
+                Event.kind == kind, Event.external_id.in_(external_ids)
+            )
+        )
+        for event_id, external_id, status in rows:
+            found[(kind, external_id)] = (event_id, status)
+    return found
+
+
+async def expire_waiting(engine: AsyncEngine) -> int:
+    """Events that waited past ``wait_until`` for a link: ``expired``."""
+    async with translated(), engine.begin() as conn:
+        result = await conn.execute(
+            update(Event)
+            .where(Event.status == "waiting_link", Event.wait_until < utcnow())
+            .values(status="expired")
+        )
+    return int(result.rowcount or 0)
+
+
+async def listing(engine: AsyncEngine, kind: str | None, limit: int) -> list[dict[str, Any]]:
+    query = select(Event).order_by(Event.id.desc()).limit(limit)
+    if kind is not None:
+        query = query.where(Event.kind == kind)
+    async with translated(), engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return [
+        {
+            "id": r.id,
+            "kind": r.kind,
+            "external_id": r.external_id,
+            "source": r.source,
+            "status": r.status,
+            "identity_id": r.identity_id,
+            "email": r.email,
+            "gc_user_id": r.gc_user_id,
+            "occurred_at": iso(r.occurred_at),
+            "received_at": iso(r.received_at),
+            "wait_until": iso(r.wait_until),
+            "notes": r.notes,
+            "data": r.data,
+        }
+        for r in reversed(rows)
+    ]

@@ -1,0 +1,363 @@
+"""GetCourse events (SPEC §3, §6): webhooks, de-duplication, rules, waiting for a link."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from syncd.config import Settings
+from syncd.errors import ConfigError
+from syncd.rules import compile_rules
+from syncd.sandbox import getcourse, salebot
+from syncd.sandbox.getcourse_callout import fire_process_call, fire_techapi
+from syncd.sandbox.serve import serve
+from syncd.store import outbox
+from syncd.store.events import listing
+from syncd.store.models import Delivery, Event, utcnow
+from syncd.store.queries import find_identity
+from tests.test_outbox_dispatch import dispatching, settled
+from tests.test_webhook_links import AUTH, TOKEN, client_for
+
+P = 294495
+RULES: list[dict[str, Any]] = [
+    {
+        "event": "deal.paid",
+        "action": "callback",
+        "message": "gc_deal_paid",
+        "variables": {"gc_deal_number": "{number}", "gc_amount": "{cost}"},
+    },
+    {"event": "user.created", "action": "save_variables", "variables": {"client.email": "{email}"}},
+    {
+        "event": "deal.status_changed",
+        "action": "message",
+        "message": "Статус заказа: {status}",
+        "where": {"status": "cancelled"},
+    },
+]
+
+
+def config(**extra: Any) -> Settings:
+    return Settings.model_validate({"rules": RULES, **extra})
+
+
+@pytest.fixture
+async def client(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
+    async for client in client_for(engine, settings=config()):
+        yield client
+
+
+async def deliveries(engine: AsyncEngine) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(Delivery.action, Delivery.payload).order_by(Delivery.id))
+        return [{"action": a, **p} for a, p in rows]
+
+
+async def link(client: httpx.AsyncClient, email: str, **keys: str) -> None:
+    answer = await client.post("/v1/links", json={"email": email, **keys}, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+
+
+PAID = "/v1/getcourse/events/deal.paid"
+
+
+async def test_process_call_as_getcourse_sends_it(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    await link(client, "anna@school.ru", telegram_id="111", client_id="900")
+    # GET with placeholders in the query, one unsubstituted (a custom field GetCourse lacks)
+    answer = await client.get(
+        PAID,
+        params={
+            "token": TOKEN,
+            "email": "Anna@School.ru",
+            "user_id": "512478330",
+            "id": "871035642",
+            "number": "11892043",
+            "cost": "14900",
+            "tg": "{object.user.telegram_id}",
+        },
+    )
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body == {"success": True, "event_id": body["event_id"], "duplicate": False}
+    again = await client.post(
+        PAID, data={"email": "anna@school.ru", "id": "871035642"}, params={"token": TOKEN}
+    )
+    assert again.json() == {"success": True, "event_id": body["event_id"], "duplicate": True}
+    assert await deliveries(engine) == [
+        {
+            "action": "callback",
+            "client_id": 900,
+            "message": "gc_deal_paid",
+            "gc_deal_number": "11892043",
+            "gc_amount": "14900",
+        }
+    ]
+    (event,) = await listing(engine, "deal.paid", 10)
+    assert event["status"] == "done" and "tg" not in event["data"]
+    assert event["data"]["deal_id"] == "871035642" and event["gc_user_id"] == 512478330
+    anna = await find_identity(engine, email="anna@school.ru")
+    assert anna is not None and anna.gc_user_id == 512478330  # learned from the event
+
+
+async def test_only_a_telegram_id_gets_a_tg_callback(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    await link(client, "boris@school.ru", telegram_id="222")
+    await client.post(
+        PAID,
+        json={"email": "boris@school.ru", "id": "5", "number": "7", "cost": "100"},
+        headers=AUTH,
+    )
+    assert await deliveries(engine) == [
+        {
+            "action": "tg_callback",
+            "user_id": 222,
+            "group_id": "myschool_bot",
+            "message": "gc_deal_paid",
+            "gc_deal_number": "7",
+            "gc_amount": "100",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "code"),
+    [
+        (PAID, {"id": "1"}, "missing_key"),
+        (PAID, {"email": "{object.user.email}", "id": "1"}, "missing_key"),
+        (PAID, {"email": "a@b.ru"}, "missing_id"),
+        (PAID, {"email": "not-an-email", "id": "1"}, "invalid_email"),
+        (PAID, {"user_id": "abc", "id": "1"}, "invalid_user_id"),
+        (PAID, {"email": "a@b.ru", "id": "1 OR 1=1"}, "invalid_id"),
+        ("/v1/getcourse/events/Deal.Paid", {"email": "a@b.ru", "id": "1"}, "invalid_event"),
+        (
+            "/v1/getcourse/events/deal.status_changed",
+            {"email": "a@b.ru", "id": "1"},
+            "missing_status",
+        ),
+    ],
+)
+async def test_bad_events_400_and_nothing_written(
+    client: httpx.AsyncClient, engine: AsyncEngine, path: str, params: dict[str, str], code: str
+) -> None:
+    answer = await client.get(path, params={"token": TOKEN, **params})
+    assert answer.status_code == 400 and answer.json()["error"] == code
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(Event)) == 0
+
+
+async def test_events_need_the_token(client: httpx.AsyncClient) -> None:
+    answer = await client.get(PAID, params={"email": "a@b.ru", "id": "1"})
+    assert answer.status_code == 401
+    techapi = await client.post("/v1/getcourse/techapi", json={"json": {}})
+    assert techapi.status_code == 401
+
+
+async def test_one_order_three_ways_is_one_event_per_kind(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    await link(client, "vera@school.ru", client_id="901")
+    gc = getcourse.GetCourseState()
+    user = gc.add_user("vera@school.ru")
+    deal = gc.add_deal(user, 14900, status="payed")
+    obj = {
+        "id": deal.id,
+        "number": deal.number,
+        "cost_money_value": "14900",
+        "user": {"id": user.id, "email": user.email},
+    }
+    for _ in range(2):  # GetCourse retries nothing, but people paste URLs twice
+        await fire_process_call(
+            f"http://syncd{PAID}?token={TOKEN}&email={{object.user.email}}&user_id={{object.user.id}}"
+            "&id={object.id}&number={object.number}&cost={object.cost_money_value}",
+            obj,
+            client=client,
+        )
+    answers = await fire_techapi(
+        f"http://syncd/v1/getcourse/techapi?token={TOKEN}",
+        "getcourse/dealPaid",
+        user,
+        deal,
+        client=client,
+    )
+    assert [a.json()["duplicate"] for a in answers] == [True, False]  # paid again, status new
+    kinds = sorted(e["kind"] for e in await listing(engine, None, 10))
+    assert kinds == ["deal.paid", "deal.status_changed"]
+    assert len(await deliveries(engine)) == 1  # deal.paid once; status payed has no rule
+
+
+async def test_an_event_waits_for_the_link(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    await client.post(
+        PAID, json={"email": "gleb@school.ru", "id": "9", "number": "1", "cost": "5"}, headers=AUTH
+    )
+    (event,) = await listing(engine, None, 10)
+    assert event["status"] == "waiting_link" and event["wait_until"]
+    assert await deliveries(engine) == []
+    await link(client, "gleb@school.ru", client_id="903")  # the bot learns the email
+    assert [d["action"] for d in await deliveries(engine)] == ["callback"]
+    assert (await listing(engine, None, 10))[0]["status"] == "done"
+    await link(client, "gleb@school.ru", telegram_id="5")  # a later link delivers nothing new
+    assert len(await deliveries(engine)) == 1
+
+
+async def test_an_event_past_wait_for_link_is_not_delivered(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    await client.post(
+        PAID, json={"email": "dina@school.ru", "id": "10", "number": "1", "cost": "5"}, headers=AUTH
+    )
+    async with engine.begin() as conn:
+        await conn.execute(update(Event).values(wait_until=utcnow() - timedelta(seconds=1)))
+    await link(client, "dina@school.ru", client_id="904")
+    assert await deliveries(engine) == []
+    assert (await listing(engine, None, 10))[0]["status"] == "expired"
+
+
+async def test_missing_values_are_noted_and_where_filters(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    await link(client, "egor@school.ru", client_id="905")
+    await client.post(PAID, json={"email": "egor@school.ru", "id": "11"}, headers=AUTH)  # no number
+    changed = "/v1/getcourse/events/deal.status_changed"
+    await client.post(
+        changed, json={"email": "egor@school.ru", "id": "11", "status": "in_work"}, headers=AUTH
+    )
+    await client.post(
+        changed, json={"email": "egor@school.ru", "id": "11", "status": "cancelled"}, headers=AUTH
+    )
+    events = {e["external_id"]: e for e in await listing(engine, None, 10)}
+    assert "no value for cost, number" in events["11"]["notes"]
+    assert [d["message"] for d in await deliveries(engine)] == ["Статус заказа: cancelled"]
+
+
+async def test_learning_gc_user_id_releases_waiting_write_backs(engine: AsyncEngine) -> None:
+    settings = config(getcourse={"api_key": "k", "create_users": False})
+    async for client in client_for(engine, settings=settings):
+        await link(client, "zoya@school.ru", telegram_id="333")
+        assert (await outbox.stats(engine))["waiting"] == 1
+        await client.get(
+            "/v1/getcourse/events/user.created",
+            params={"token": TOKEN, "email": "zoya@school.ru", "user_id": "77", "id": "77"},
+        )
+    figures = await outbox.stats(engine)
+    assert figures["waiting"] == 0 and figures["pending"] == 1
+
+
+async def test_a_paid_order_reaches_the_bot(engine: AsyncEngine) -> None:
+    state = salebot.SalebotState(key="sb-key")
+    state.add_client(111, client_id=900)
+    async with serve(salebot.create_app(state)) as sb_url:
+        settings = Settings.model_validate(
+            {
+                "rules": RULES,
+                "salebot": {"base_url": sb_url, "api_key": "sb-key", "rate_per_second": 0},
+            }
+        )
+        async for client in client_for(engine, settings=settings):
+            async with dispatching(engine, settings) as dispatcher:
+                await link(client, "anna@school.ru", telegram_id="111", client_id="900")
+                await client.get(
+                    PAID,
+                    params={
+                        "token": TOKEN,
+                        "email": "anna@school.ru",
+                        "id": "1",
+                        "number": "42",
+                        "cost": "990",
+                    },
+                )
+                dispatcher.wake()
+                deadline = asyncio.get_running_loop().time() + 10
+                while not await settled(engine, 1):
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.02)
+    (call,) = state.calls_of("callback")
+    assert call.body == {
+        "client_id": 900,
+        "message": "gc_deal_paid",
+        "gc_deal_number": "42",
+        "gc_amount": "990",
+    }
+    assert state.clients[900].deal_variables == {"gc_deal_number": "42", "gc_amount": "990"}
+
+
+@pytest.mark.parametrize(
+    ("rule", "key", "message"),
+    [
+        (
+            {"event": "deal.paid", "action": "callback", "message": "x {nope}"},
+            "rules.0",
+            "unknown field {nope}",
+        ),
+        (
+            {
+                "event": "deal.paid",
+                "action": "callback",
+                "message": "x",
+                "where": {"stat": "payed"},
+            },
+            "rules.0",
+            "unknown field {stat}",
+        ),
+        (
+            {"event": "deal.paid", "action": "callback", "message": "{number!r}"},
+            "rules.0.message",
+            "bad template",
+        ),
+        (
+            {"event": "deal.paid", "action": "callback", "message": "{a.b}"},
+            "rules.0.message",
+            "bad template",
+        ),
+        ({"event": "deal.paid", "action": "callback"}, "rules.0.message", "needs a message"),
+        (
+            {"event": "deal.paid", "action": "save_variables"},
+            "rules.0.variables",
+            "needs variables",
+        ),
+        (
+            {
+                "event": "deal.paid",
+                "action": "callback",
+                "message": "x",
+                "variables": {"client_id": "1"},
+            },
+            "rules.0.variables",
+            "reserved",
+        ),
+    ],
+)
+def test_bad_rules_stop_start_up_naming_the_rule(
+    rule: dict[str, Any], key: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        compile_rules(Settings.model_validate({"rules": [rule]}).rules)
+    assert caught.value.key == key and message in str(caught.value)
+    assert "(deal.paid → " in str(caught.value)
+
+
+def test_listed_fields_may_be_used() -> None:
+    (rule,) = compile_rules(
+        Settings.model_validate(
+            {
+                "rules": [
+                    {
+                        "event": "deal.paid",
+                        "action": "callback",
+                        "message": "{{x}} {promo}",
+                        "fields": ["promo"],
+                    }
+                ]
+            }
+        ).rules
+    )
+    rendered = rule.render({"promo": "SALE"})
+    assert not isinstance(rendered, str) and rendered.message == "{x} SALE"
