@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +246,46 @@ async def cmd_events_list(args: argparse.Namespace, settings: config.Settings) -
     return 0
 
 
+async def cmd_backfill(args: argparse.Namespace, settings: config.Settings) -> int:
+    from datetime import timedelta
+
+    from syncd.clients.http import new_http_client
+    from syncd.daemon import addressing
+    from syncd.poller import Poller, backfill, jobs
+    from syncd.store.events import EventStore
+
+    gc = settings.getcourse
+    if not gc.api_key:
+        err("getcourse.api_key is empty: backfill needs the export API")
+        return 1
+    until = args.until or date.today()
+    if args.since > until:
+        err(f"--since {args.since} is after --until {until}")
+        return 2
+    configured = jobs(gc.poll.exports, gc.poll.groups, args.since)
+    if not configured:
+        err("no exports configured (getcourse.poll.exports)")
+        return 1
+
+    def progress(text: str) -> None:
+        sys.stderr.write(f"syncd: backfill {text}\n")
+        sys.stderr.flush()
+
+    async with open_store(settings) as engine, new_http_client() as http:
+        store = EventStore(engine, addressing(settings))
+        poller = Poller(engine, http, gc.url, gc.api_key, store.ingest)
+        done = await backfill(
+            poller, configured, args.since, until,
+            window=timedelta(days=args.window_days), progress=progress,
+        )  # fmt: skip
+    rows = sum(outcome.rows for _, outcome in done)
+    broken = [job.name for job, outcome in done if outcome.status == "broken"]
+    out(f"backfill {args.since}..{until}: {len(done)} exports, {rows} rows")
+    for name in broken:
+        err(f"{name} failed: see the log line above")
+    return 1 if broken else 0
+
+
 async def cmd_outbox_list(args: argparse.Namespace, settings: config.Settings) -> int:
     from syncd.store import outbox
 
@@ -349,6 +390,17 @@ def build_parser() -> argparse.ArgumentParser:
     elist.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     elist.add_argument("--json", action="store_true", help="print JSON")
 
+    back = add(
+        "backfill",
+        cmd_backfill,
+        "read past GetCourse exports into the event log, in date windows (as the poller does)",
+    )
+    back.add_argument("--since", type=_date, required=True, metavar="DATE", help="YYYY-MM-DD")
+    back.add_argument("--until", type=_date, metavar="DATE", help="YYYY-MM-DD (default today)")
+    back.add_argument(
+        "--window-days", type=int, default=7, metavar="N", help="days per export (default 7)"
+    )
+
     outbox = commands.add_parser("outbox", help="the queue of outgoing calls")
     outbox_cmds = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
     olist = add("list", cmd_outbox_list, "list deliveries, newest last", outbox_cmds)
@@ -369,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     ident.add_argument("--format", choices=["csv", "jsonl"], required=True)
     ident.add_argument("--output", metavar="F", help="write to F (atomically) instead of stdout")
     return parser
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def _runner() -> asyncio.Runner:

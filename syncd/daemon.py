@@ -15,6 +15,7 @@ import socket
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -32,6 +33,7 @@ from syncd.errors import ConfigError, PermanentError, SchemaNotReady, StoreUnava
 from syncd.events import NewEvent
 from syncd.http.app import AppContext, create_app
 from syncd.outbox import Dispatcher, Sender
+from syncd.poller import Poller, jobs
 from syncd.ratelimit import RateLimiter
 from syncd.retry import BackoffPolicy
 from syncd.rules import compile_rules
@@ -191,6 +193,23 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
         )
         scheduler = AsyncIOScheduler(timezone="UTC")
         scheduler.add_job(_expire, "interval", seconds=60, args=[engine], id="expire-waiting")
+        poll = settings.getcourse.poll
+        if poll.interval.total_seconds() > 0 and settings.getcourse.api_key:
+            poller = Poller(
+                engine, http, settings.getcourse.url, settings.getcourse.api_key, apply_events
+            )
+            scheduler.add_job(
+                poller.cycle,
+                "interval",
+                seconds=poll.interval.total_seconds(),
+                args=[jobs(poll.exports, poll.groups, poll.since)],
+                id="export-poller",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=datetime.now(UTC) + timedelta(seconds=5),
+            )
+        elif poll.interval.total_seconds() > 0:
+            logger.warning("getcourse.api_key is empty: the export poller is off")
         scheduler.start()
         stack.callback(scheduler.shutdown, wait=False)
         ctx = AppContext(

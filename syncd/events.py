@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from syncd.errors import InvalidInput
@@ -165,3 +165,133 @@ def truthy(value: object) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("true", "1", "yes")
     return bool(value)
+
+
+# Export rows (the poller) ----------------------------------------------------------
+#: Column titles → canonical names, per export. Titles are compared without a BOM and
+#: case-insensitively; every other column (custom fields…) is kept under its title.
+COLUMNS: dict[str, dict[str, str]] = {
+    "users": {
+        "id": "user_id", "email": "email", "создан": "created_at", "имя": "first_name",
+        "фамилия": "last_name", "телефон": "phone", "город": "city",
+        "utm_source": "utm_source", "utm_medium": "utm_medium", "utm_campaign": "utm_campaign",
+        "добавлен в группу": "added_at",
+    },
+    "deals": {
+        "id заказа": "deal_id", "номер": "number", "id пользователя": "user_id",
+        "пользователь": "user_name", "email": "email", "телефон": "phone",
+        "дата создания": "created_at", "дата оплаты": "paid_at", "title": "title",
+        "статус": "status", "оплачено": "paid_amount",
+        "дата изменения статуса": "status_changed_at", "дата завершения": "finished_at",
+    },
+    "payments": {
+        "номер": "payment_id", "id пользователя": "user_id", "пользователь": "user_name",
+        "email": "email", "id заказа": "deal_id", "заказ": "number", "дата создания": "created_at",
+        "дата изменения статуса": "status_changed_at", "тип": "payment_type", "статус": "status",
+        "сумма": "paid_amount", "комиссии": "fee", "получено": "received",
+    },
+}  # fmt: skip
+MONEY_FIELDS = frozenset({"cost", "paid_amount", "fee", "received"})
+#: GetCourse exports dates in the account's local time; Moscow unless told otherwise.
+ACCOUNT_UTC_OFFSET_HOURS = 3
+
+
+def money(text: str) -> str:
+    """``"12 000,00"`` (spaces may be non-breaking) → ``"12000"``; ``"99,50"`` → ``"99.50"``."""
+    cleaned = re.sub(r"[\s\u00a0\u202f]", "", text).replace(",", ".")
+    if not re.fullmatch(r"-?\d+(\.\d+)?", cleaned):
+        raise InvalidInput("invalid_row", f"not an amount of money: {text!r}")
+    whole, _, fraction = cleaned.partition(".")
+    return whole if not fraction.strip("0") else f"{whole}.{fraction.ljust(2, '0')}"
+
+
+def local_time(text: str) -> datetime | None:
+    """``YYYY-MM-DD HH:MM:SS`` in the account's local time → UTC (None when empty)."""
+    if not text:
+        return None
+    try:
+        moment = datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        raise InvalidInput("invalid_row", f"not a date: {text!r}") from None
+    return moment.replace(tzinfo=UTC) - timedelta(hours=ACCOUNT_UTC_OFFSET_HOURS)
+
+
+def read_row(export: str, fields: list[str], row: list[Any]) -> dict[str, Any]:
+    """A row zipped with its titles, canonical names where known, empty cells dropped."""
+    if len(row) != len(fields):
+        raise InvalidInput("invalid_row", f"{len(row)} cells for {len(fields)} columns")
+    known = COLUMNS["users" if export == "groups" else export]
+    data: dict[str, Any] = {}
+    for title, cell in zip(fields, row, strict=True):
+        clean = title.lstrip("\ufeff").strip()
+        text = "" if cell is None else str(cell).strip()
+        if not text:
+            continue
+        lowered = clean.lower()
+        name = known.get(lowered) or ("cost" if lowered.startswith("стоимость") else clean)
+        if name == "cost" and "," in clean:
+            data["currency"] = clean.rsplit(",", 1)[1].strip()
+        data[name] = money(text) if name in MONEY_FIELDS else text
+    return data
+
+
+def from_export_row(
+    export: str, fields: list[str], row: list[Any], *, group_id: int | None = None,
+    group_name: str | None = None, source: str = "poller",
+) -> list[NewEvent]:  # fmt: skip
+    """The canonical events of one export row (SPEC §6 table); InvalidInput if malformed."""
+    data = read_row(export, fields, row)
+    email = normalise_email(data["email"]) if data.get("email") else None
+    user_id = normalise_id(data["user_id"], "user_id") if data.get("user_id") else None
+    if email is not None:
+        data["email"] = email
+    if user_id is not None:
+        data["user_id"] = user_id
+    if email is None and user_id is None:
+        raise InvalidInput("invalid_row", "the row has neither Email nor a user id")
+
+    def event(kind: str, external_id: str, occurred: str | None) -> NewEvent:
+        return NewEvent(
+            kind, external_id, source, email, user_id, local_time(occurred or ""), dict(data)
+        )
+
+    if export == "users":
+        return [
+            event("user.created", str(user_id or _need(data, "user_id")), data.get("created_at"))
+        ]
+    if export == "groups":
+        if group_id is None or user_id is None:
+            raise InvalidInput("invalid_row", "a group member row needs the group and user id")
+        data["group_id"] = group_id
+        if group_name:
+            data["group_name"] = group_name
+        return [event("group.joined", f"{group_id}:{user_id}", data.get("added_at"))]
+    if export == "payments":
+        payment_id = _object_id(_need(data, "payment_id"), "payment_id")
+        status = _need(data, "status")
+        if not re.fullmatch(r"[a-z_]+", status):
+            raise InvalidInput("invalid_row", f"odd payment status {status!r}")
+        return [
+            event(
+                f"payment.{status}",
+                payment_id,
+                data.get("status_changed_at") or data.get("created_at"),
+            )
+        ]
+    deal_id = _object_id(_need(data, "deal_id"), "deal_id")
+    status = data.get("status", "")
+    events = [event("deal.created", deal_id, data.get("created_at"))]
+    if status == "payed" or data.get("paid_at"):
+        events.append(event("deal.paid", deal_id, data.get("paid_at")))
+    if status and status != "new":  # one event per status a deal reaches
+        events.append(
+            event("deal.status_changed", f"{deal_id}:{status}", data.get("status_changed_at"))
+        )
+    return events
+
+
+def _need(data: Mapping[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not value:
+        raise InvalidInput("invalid_row", f"the row has no {name}")
+    return str(value)

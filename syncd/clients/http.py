@@ -56,6 +56,12 @@ async def send(
         raise TransientError(f"{what}: timed out ({type(exc).__name__})") from None
     except httpx.TransportError as exc:
         raise TransientError(f"{what}: connection failed ({type(exc).__name__})") from None
+    classify_status(response, what)
+    return response
+
+
+def classify_status(response: httpx.Response, what: str) -> None:
+    """Raise for an HTTP status ≥ 300: 429 and 5xx transient, the rest permanent."""
     status = response.status_code
     if status == 429 or status >= 500:
         raise TransientError(f"{what}: HTTP {status}", retry_after=retry_after(response))
@@ -67,4 +73,3 @@ async def send(
         )
     if status >= 400:
         raise PermanentError(f"{what}: HTTP {status}")
-    return response

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -188,3 +189,34 @@ class Event(Base):
     status: Mapped[str] = mapped_column(String(16))
     wait_until: Mapped[datetime | None]
     notes: Mapped[str] = mapped_column(Text, server_default="")
+
+
+class ExportState(Base):
+    """One GetCourse export the poller runs (``deals``, ``groups:7``, ``backfill:deals``…).
+
+    ``pending_export_id`` is stored (and committed) right after the export is started,
+    before it is collected, so a restart collects it instead of starting another.
+    ``cursor`` — the lower date bound of the next poll — moves only after the rows are
+    committed.
+    """
+
+    __tablename__ = "export_state"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cursor: Mapped[date | None] = mapped_column(Date)
+    pending_export_id: Mapped[int | None] = mapped_column(BigInteger)
+    pending_filters: Mapped[dict[str, Any] | None]
+    pending_since: Mapped[datetime | None]
+    last_run_at: Mapped[datetime | None]
+    last_rows: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_errors: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_error: Mapped[str] = mapped_column(Text, server_default="")
+
+
+class ExportRequest(Base):
+    """Every export request made (starts and polls): the account's budget, counted."""
+
+    __tablename__ = "export_requests"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    export: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))

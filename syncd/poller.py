@@ -1,0 +1,324 @@
+"""The export poller (SPEC §6, way 3): GetCourse exports become events on a schedule.
+
+Each cycle runs the configured exports one at a time. For each: start it with the
+export's cursor as the lower date bound, **store the export_id** (committed), then
+collect — 909 «Файл еще не создан» is waited out with growing pauses, 905 (another
+export runs) and 903 (budget spent) end the cycle — read the rows by column title,
+ingest them as events in chunks, and only then move the cursor. A restart finds the
+stored export_id and collects it instead of starting another. Every request first
+spends one unit of the account's budget in the database (:mod:`syncd.store.exports`);
+with none left, the poller waits for the next cycle. On PostgreSQL one daemon polls
+(an advisory lock); the others skip the cycle.
+
+``syncd backfill`` drives the same :meth:`Poller.run` over date windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
+from typing import Any, Literal
+
+import httpx
+from loguru import logger
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from syncd.clients import getcourse_export as export_api
+from syncd.errors import InvalidInput, PermanentError, StoreUnavailable, TransientError
+from syncd.events import NewEvent, from_export_row
+from syncd.logs import redact
+from syncd.store import exports
+from syncd.store.models import utcnow
+
+#: Pauses before asking again for an export that is not ready (909), in seconds.
+NOT_READY_WAITS = (10.0, 20.0, 40.0, 60.0, 120.0, 300.0)
+FILTER_FIELD = {"users": "created_at", "deals": "created_at", "payments": "created_at",
+                "groups": "added_at"}  # fmt: skip
+CHUNK = 2000
+#: A new export starts only while more budget than this is left to collect it.
+START_RESERVE = 3
+
+Ingest = Callable[[Sequence[NewEvent]], Awaitable[object]]
+#: failed: transient, try again later; broken: permanent (a bad key, filter…), fix first
+Status = Literal["done", "not_ready", "busy", "budget", "failed", "broken"]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One export to run: ``name`` keys its state, ``export`` its row mapping."""
+
+    name: str
+    export: str
+    path: str
+    since: date
+    until: date | None = None
+    group_id: int | None = None
+    source: str = "poller"
+
+    @property
+    def filters(self) -> dict[str, str]:
+        field = FILTER_FIELD[self.export]
+        found = {f"{field}[from]": self.since.isoformat()}
+        if self.until is not None:
+            found[f"{field}[to]"] = self.until.isoformat()
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: Status
+    rows: int = 0
+    events: int = 0
+    errors: int = 0
+    detail: str = ""
+
+
+def jobs(names: Sequence[str], groups: Sequence[int], since: date) -> list[Job]:
+    """The configured exports as jobs (a group export per group id)."""
+    found = []
+    for name in names:
+        if name == "groups":
+            found += [
+                Job(f"groups:{g}", "groups", f"groups/{g}/users", since, group_id=g) for g in groups
+            ]
+        else:
+            found.append(Job(name, name, name, since))
+    return found
+
+
+class Poller:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        http: httpx.AsyncClient,
+        base_url: str,
+        api_key: str,
+        ingest: Ingest,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        waits: Sequence[float] = NOT_READY_WAITS,
+        budget: int = exports.BUDGET,
+        chunk: int = CHUNK,
+    ) -> None:
+        self.engine = engine
+        self.http = http
+        self.base = base_url.rstrip("/")
+        self.key = api_key
+        self.ingest = ingest
+        self.clock = clock
+        self.sleep = sleep
+        self.waits = tuple(waits)
+        self.budget = budget
+        self.chunk = chunk
+        self._groups: dict[int, str] | None = None
+
+    async def cycle(self, configured: Sequence[Job]) -> list[Outcome]:
+        """One poll of every configured export, in turn, moving each cursor."""
+        outcomes: list[Outcome] = []
+        async with self.exclusive() as mine:
+            if not mine:
+                logger.info("poller: another syncd polls this database; skipping")
+                return outcomes
+            today = self.clock().date()
+            states = {job.name: await exports.load(self.engine, job.name) for job in configured}
+            # exports already started go first: GetCourse runs one at a time (905 otherwise)
+            ordered = sorted(configured, key=lambda j: states[j.name].pending_export_id is None)
+            for job in ordered:
+                state = states[job.name]
+                since = state.cursor or job.since
+                # whole days, inclusive: re-read yesterday and today next time (repeats
+                # are de-duplicated), so nothing between two polls is missed
+                outcome = await self.run(
+                    replace(job, since=since), cursor=today - timedelta(days=1)
+                )
+                outcomes.append(outcome)
+                if outcome.status in ("busy", "budget"):  # the account's, not this export's
+                    break
+        return outcomes
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[bool]:
+        """On PostgreSQL, the one poller of the database (a session advisory lock)."""
+        if self.engine.dialect.name != "postgresql":
+            yield True
+            return
+        async with self.engine.connect() as conn:
+            mine = bool(await conn.scalar(select(func.pg_try_advisory_lock(exports.POLLER_LOCK))))
+            await conn.commit()
+            try:
+                yield mine
+            finally:
+                if mine:
+                    await conn.scalar(select(func.pg_advisory_unlock(exports.POLLER_LOCK)))
+                    await conn.commit()
+
+    async def run(self, job: Job, cursor: date | None = None) -> Outcome:
+        """Start (or resume) ``job``'s export, collect it, ingest its rows."""
+        log = logger.bind(export=job.name)
+        try:
+            return await self._run(job, cursor, log)
+        except export_api.ExportBusy:
+            log.info("poller: another export of the account is running; next time")
+            return Outcome("busy")
+        except export_api.BudgetSpent:
+            log.warning("poller: GetCourse says the export budget is spent; next time")
+            return Outcome("budget")
+        except TransientError as exc:
+            log.warning("poller: {}; next time", redact(str(exc)))
+            return Outcome("failed", detail=redact(str(exc)))
+        except PermanentError as exc:
+            log.error("poller: {}", redact(str(exc)))
+            await exports.finish(
+                self.engine, job.name, self.clock(), cursor=None, rows=0, errors=0,
+                last_error=redact(str(exc)),
+            )  # fmt: skip
+            return Outcome("broken", detail=redact(str(exc)))
+
+    async def _run(self, job: Job, cursor: date | None, log: Any) -> Outcome:
+        state = await exports.load(self.engine, job.name)
+        export_id = state.pending_export_id
+        if export_id is not None:
+            log.info("poller: collecting export {} started before", export_id)
+        else:
+            left = await exports.budget_left(self.engine, self.clock(), self.budget)
+            if left <= START_RESERVE or not await self._spend(job, "start"):
+                return Outcome("budget")  # never start what the budget could not collect
+            export_id = await export_api.start(
+                self.http, self.base, self.key, job.path, job.filters
+            )
+            await exports.save_pending(self.engine, job.name, export_id, job.filters, self.clock())
+        for wait in (0.0, *self.waits):
+            if wait:
+                await self.sleep(wait)
+            if not await self._spend(job, "collect"):
+                return Outcome("budget")
+            try:
+                async with export_api.collect(self.http, self.base, self.key, export_id) as found:
+                    rows, events, errors, first_error = await self._ingest_rows(job, found)
+            except export_api.ExportNotReady:
+                continue
+            await exports.finish(
+                self.engine, job.name, self.clock(), cursor=cursor, rows=rows, errors=errors,
+                last_error=first_error,
+            )  # fmt: skip
+            log.bind(rows=rows, events=events, errors=errors).info(
+                "poller: export {} read: {} rows, {} events, {} bad rows",
+                job.name,
+                rows,
+                events,
+                errors,
+            )
+            return Outcome("done", rows, events, errors)
+        log.info("poller: export {} still not ready; next time", export_id)
+        return Outcome("not_ready")
+
+    async def _spend(self, job: Job, kind: str) -> bool:
+        return await exports.spend(self.engine, job.name, kind, self.clock(), self.budget)
+
+    async def _ingest_rows(
+        self, job: Job, found: export_api.ExportRows
+    ) -> tuple[int, int, int, str]:
+        group_name = await self._group_name(job.group_id) if job.group_id is not None else None
+        batch: list[NewEvent] = []
+        rows = events = errors = 0
+        first_error = ""
+        async for row in found.rows:
+            rows += 1
+            try:
+                batch += from_export_row(
+                    job.export, found.fields, row, group_id=job.group_id, group_name=group_name,
+                    source=job.source,
+                )  # fmt: skip
+            except InvalidInput as exc:
+                errors += 1
+                first_error = first_error or f"row {rows}: {exc.detail}"
+                if errors <= 5:
+                    logger.bind(export=job.name).warning(
+                        "poller: row {} skipped: {}", rows, exc.detail
+                    )
+                continue
+            if len(batch) >= self.chunk:
+                events += await self._ingest(batch)
+                batch = []
+        if batch:
+            events += await self._ingest(batch)
+        return rows, events, errors, first_error
+
+    async def _ingest(self, batch: list[NewEvent]) -> int:
+        """Ingest a chunk; a chunk that fails (not an outage) is ingested one by one."""
+        try:
+            await self.ingest(batch)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            logger.warning("poller: a chunk failed ({}); one event at a time", type(exc).__name__)
+            for event in batch:
+                try:
+                    await self.ingest([event])
+                except StoreUnavailable:
+                    raise
+                except Exception as one:
+                    logger.opt(exception=one).error("poller: event {} skipped", event.kind)
+        return len(batch)
+
+    async def _group_name(self, group_id: int) -> str | None:
+        if self._groups is None:
+            from syncd.clients.getcourse import GetCourseClient
+
+            try:
+                listed = await GetCourseClient(self.http, self.base, self.key).account_groups()
+            except (TransientError, PermanentError):
+                listed = []
+            self._groups = {int(g["id"]): str(g.get("name", "")) for g in listed if "id" in g}
+        return self._groups.get(group_id)
+
+
+async def backfill(
+    poller: Poller,
+    configured: Sequence[Job],
+    since: date,
+    until: date,
+    *,
+    window: timedelta = timedelta(days=7),
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[tuple[Job, Outcome]]:
+    """Every export over ``since..until`` in date windows, waiting out budget and 905."""
+    windows = []
+    start = since
+    while start <= until:
+        end = min(until, start + window - timedelta(days=1))
+        windows.append((start, end))
+        start = end + timedelta(days=1)
+    done: list[tuple[Job, Outcome]] = []
+    total = len(windows) * len(configured)
+    for job in configured:
+        for first, last in windows:
+            item = replace(
+                job, name=f"backfill:{job.name}:{first}", since=first, until=last, source="backfill"
+            )
+            while True:
+                outcome = await poller.run(item)
+                if outcome.status in ("done", "broken"):
+                    break
+                pause = await _pause(poller, outcome)
+                progress(f"{job.name} {first}..{last}: {outcome.status}, waiting {pause:.0f} s")
+                await poller.sleep(pause)
+            done.append((item, outcome))
+            progress(
+                f"[{len(done)}/{total}] {job.name} {first}..{last}: {outcome.rows} rows, "
+                f"{outcome.events} events, {outcome.errors} bad rows"
+            )
+    return done
+
+
+async def _pause(poller: Poller, outcome: Outcome) -> float:
+    if outcome.status == "budget":
+        now = poller.clock()
+        frees = await exports.budget_frees_at(poller.engine, now)
+        return max(1.0, (frees - now).total_seconds() + 1)
+    return 60.0 if outcome.status == "busy" else 30.0
