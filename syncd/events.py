@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from syncd.errors import InvalidInput
@@ -210,28 +211,50 @@ def local_time(text: str) -> datetime | None:
     if not text:
         return None
     try:
-        moment = datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
+        if len(text) != 19:
+            raise ValueError
+        moment = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidInput("invalid_row", f"not a date: {text!r}") from None
     return moment.replace(tzinfo=UTC) - timedelta(hours=ACCOUNT_UTC_OFFSET_HOURS)
+
+
+@lru_cache(maxsize=64)
+def column_plan(export: str, fields: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
+    """For each column of a header: its canonical name (or clean title) and is-money."""
+    known = COLUMNS["users" if export == "groups" else export]
+    plan = []
+    for title in fields:
+        clean = title.lstrip("\ufeff").strip()
+        lowered = clean.lower()
+        name = known.get(lowered) or ("cost" if lowered.startswith("стоимость") else clean)
+        plan.append((name, name in MONEY_FIELDS))
+    return tuple(plan)
+
+
+def _currency(fields: tuple[str, ...]) -> str | None:
+    """«Стоимость, RUB» → ``RUB``."""
+    for title in fields:
+        clean = title.lstrip("\ufeff").strip()
+        if clean.lower().startswith("стоимость") and "," in clean:
+            return clean.rsplit(",", 1)[1].strip()
+    return None
 
 
 def read_row(export: str, fields: list[str], row: list[Any]) -> dict[str, Any]:
     """A row zipped with its titles, canonical names where known, empty cells dropped."""
     if len(row) != len(fields):
         raise InvalidInput("invalid_row", f"{len(row)} cells for {len(fields)} columns")
-    known = COLUMNS["users" if export == "groups" else export]
+    header = tuple(fields)
     data: dict[str, Any] = {}
-    for title, cell in zip(fields, row, strict=True):
-        clean = title.lstrip("\ufeff").strip()
+    for (name, is_money), cell in zip(column_plan(export, header), row, strict=True):
         text = "" if cell is None else str(cell).strip()
-        if not text:
-            continue
-        lowered = clean.lower()
-        name = known.get(lowered) or ("cost" if lowered.startswith("стоимость") else clean)
-        if name == "cost" and "," in clean:
-            data["currency"] = clean.rsplit(",", 1)[1].strip()
-        data[name] = money(text) if name in MONEY_FIELDS else text
+        if text:
+            data[name] = money(text) if is_money else text
+    if "cost" in data:
+        currency = _currency(header)
+        if currency:
+            data["currency"] = currency
     return data
 
 

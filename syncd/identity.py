@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Literal
 
 from email_validator import EmailNotValidError, validate_email
@@ -37,6 +38,11 @@ def normalise_email(value: object) -> str:
     """Trimmed, lower-cased and validated, or :class:`InvalidInput` ``invalid_email``."""
     if not isinstance(value, str):
         raise InvalidInput("invalid_email", "email must be a string")
+    return _normalise_email(value)
+
+
+@lru_cache(maxsize=65536)  # an export repeats one person's email on every order
+def _normalise_email(value: str) -> str:
     text = value.strip()
     if is_placeholder(text):
         raise InvalidInput("invalid_email", "email is an unsubstituted variable")

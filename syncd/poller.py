@@ -227,24 +227,36 @@ class Poller:
         batch: list[NewEvent] = []
         rows = events = errors = 0
         first_error = ""
-        async for row in found.rows:
-            rows += 1
-            try:
-                batch += from_export_row(
-                    job.export, found.fields, row, group_id=job.group_id, group_name=group_name,
-                    source=job.source,
-                )  # fmt: skip
-            except InvalidInput as exc:
-                errors += 1
-                first_error = first_error or f"row {rows}: {exc.detail}"
-                if errors <= 5:
-                    logger.bind(export=job.name).warning(
-                        "poller: row {} skipped: {}", rows, exc.detail
-                    )
-                continue
-            if len(batch) >= self.chunk:
-                events += await self._ingest(batch)
-                batch = []
+        # one chunk is written while the next is parsed; chunks are written in order
+        writing: asyncio.Task[int] | None = None
+        try:
+            async for row in found.rows:
+                rows += 1
+                try:
+                    batch += from_export_row(
+                        job.export, found.fields, row, group_id=job.group_id, group_name=group_name,
+                        source=job.source,
+                    )  # fmt: skip
+                except InvalidInput as exc:
+                    errors += 1
+                    first_error = first_error or f"row {rows}: {exc.detail}"
+                    if errors <= 5:
+                        logger.bind(export=job.name).warning(
+                            "poller: row {} skipped: {}", rows, exc.detail
+                        )
+                    continue
+                if len(batch) >= self.chunk:
+                    if writing is not None:
+                        events += await writing
+                    writing = asyncio.create_task(self._ingest(batch))
+                    batch = []
+        except BaseException:
+            if writing is not None:  # reading failed: do not leave the write behind
+                writing.cancel()
+                await asyncio.gather(writing, return_exceptions=True)
+            raise
+        if writing is not None:
+            events += await writing
         if batch:
             events += await self._ingest(batch)
         return rows, events, errors, first_error

@@ -48,6 +48,11 @@ class Addressing:
     bot_name: str
     wait_for_link: timedelta
 
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The event kinds some rule is about."""
+        return frozenset(rule.event for rule in self.rules)
+
 
 @dataclass(slots=True)
 class _Outcome:
@@ -61,6 +66,8 @@ def apply_rules(
 ) -> _Outcome:
     """What the rules make of one event for ``person`` (no I/O)."""
     outcome = _Outcome("done", [], [])
+    if kind not in a.kinds:
+        return outcome
     client_id = person.clients.get(a.project_id) if person is not None else None
     telegram_id = person.telegram_id if person is not None else None
     for rule in a.rules:
