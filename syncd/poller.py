@@ -35,7 +35,7 @@ from syncd.store import exports
 from syncd.store.models import utcnow
 
 #: Pauses before asking again for an export that is not ready (909), in seconds.
-NOT_READY_WAITS = (10.0, 20.0, 40.0, 60.0, 120.0, 300.0)
+NOT_READY_WAITS = (3.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0)
 FILTER_FIELD = {"users": "created_at", "deals": "created_at", "payments": "created_at",
                 "groups": "added_at"}  # fmt: skip
 CHUNK = 2000

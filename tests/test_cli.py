@@ -233,3 +233,45 @@ def test_check_names_a_bad_rule(
         "FAIL rules: rules.0: rule (deal.paid → callback): unknown field {oops}"
         in capsys.readouterr().out
     )
+
+
+def test_backfill_against_a_simulator_process(
+    syncd,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.daemon import free_port
+
+    port = free_port()
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "syncd.sandbox", "getcourse", "--port", str(port), "--key", "K"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sim.stdout is not None and "127.0.0.1" in sim.stdout.readline()
+        monkeypatch.setenv("SYNCD_GETCOURSE__BASE_URL", f"http://127.0.0.1:{port}")
+        assert syncd("backfill", "--since", "2026-01-01", "--until", "2026-01-10")[0] == 1  # no key
+        monkeypatch.setenv("SYNCD_GETCOURSE__API_KEY", "K")
+        monkeypatch.setenv("SYNCD_GETCOURSE__POLL__EXPORTS", "deals,users")
+        code, out, err = syncd(
+            "backfill", "--since", "2026-01-01", "--until", "2026-01-10", "--window-days", "5"
+        )
+        assert code == 0, err
+        assert "backfill 2026-01-01..2026-01-10: 4 exports, 0 rows" in out
+        assert "[4/4] users 2026-01-06..2026-01-10: 0 rows" in err
+        assert syncd("backfill", "--since", "2026-02-01", "--until", "2026-01-01")[0] == 2
+        monkeypatch.setenv("SYNCD_GETCOURSE__API_KEY", "wrong")
+        code, _, err = syncd("backfill", "--since", "2026-03-01", "--until", "2026-03-02")
+        assert code == 1 and "failed" in err  # 901: a bad key is reported, not retried
+    finally:
+        sim.terminate()
+        sim.wait(10)
+        assert sim.stdout is not None
+        sim.stdout.close()
+    with pytest.raises(SystemExit) as caught:
+        syncd("backfill", "--since", "yesterday")
+    assert caught.value.code == 2
