@@ -287,3 +287,44 @@ async def test_backfill_runs_in_windows(
     assert any(e["source"] == "backfill" for e in await listing(engine, None, 10)) or all(
         o.rows == 0 for _, o in done
     )
+
+
+@pytest.mark.postgres
+async def test_one_poller_per_postgres_database(
+    pg_url: str, gc: getcourse.GetCourseState, clocks: Clocks
+) -> None:
+    import asyncio
+
+    from syncd.store.engine import create_engine
+
+    gc.ready_after_polls = 2  # both are mid-cycle at the same time
+    engines = [create_engine(pg_url), create_engine(pg_url)]
+    try:
+        async with serve(getcourse.create_app(gc)) as url, httpx.AsyncClient() as http:
+
+            def poller(engine: AsyncEngine) -> Poller:
+                store = EventStore(engine, addressing(Settings()))
+
+                async def slow_sleep(seconds: float) -> None:
+                    clocks.sim.advance(seconds)
+                    await asyncio.sleep(0.2)  # hold the lock a while, for real
+
+                return Poller(
+                    engine,
+                    http,
+                    url,
+                    KEY,
+                    store.ingest,
+                    clock=clocks.now,
+                    sleep=slow_sleep,
+                    waits=(30.0,) * 4,
+                )
+
+            first, second = await asyncio.gather(
+                poller(engines[0]).cycle([DEALS]), poller(engines[1]).cycle([DEALS])
+            )
+        assert sorted([len(first), len(second)]) == [0, 1]  # one polled, one skipped
+        assert len(gc.exports) == 1
+    finally:
+        for engine in engines:
+            await engine.dispose()
