@@ -13,10 +13,10 @@ import contextlib
 import signal
 import socket
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import uvicorn
@@ -127,6 +127,31 @@ def write_back(settings: Settings) -> Effects:
     )
 
 
+class _Enqueues(Protocol):
+    enqueued: int
+
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+def waking(
+    apply: Callable[[Sequence[In]], Awaitable[list[Out]]],
+    store: _Enqueues,
+    dispatcher: Dispatcher,
+) -> Callable[[Sequence[In]], Awaitable[list[Out]]]:
+    """``apply``, then wake the dispatcher if the store enqueued deliveries."""
+
+    async def applied(batch: Sequence[In]) -> list[Out]:
+        before = store.enqueued
+        results = await apply(batch)
+        if store.enqueued != before:
+            dispatcher.wake()
+        return results
+
+    return applied
+
+
 def addressing(settings: Settings) -> Addressing:
     """The compiled ``[[rules]]`` and how to address Salebot (a ConfigError names a bad rule)."""
     return Addressing(
@@ -170,24 +195,11 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
             engine, settings.identity.on_conflict, write_back(settings), event_store.after_link
         )
 
-        async def apply_links(requests: Sequence[LinkRequest]) -> list[LinkResult]:
-            before = store.enqueued
-            results = await store.apply(requests)
-            if store.enqueued != before:
-                dispatcher.wake()
-            return results
-
+        apply_links = waking(store.apply, store, dispatcher)
         links: Batcher[LinkRequest, LinkResult] = await stack.enter_async_context(
             Batcher(apply_links, name="links")
         )
-
-        async def apply_events(batch: Sequence[NewEvent]) -> list[IngestResult]:
-            before = event_store.enqueued
-            results = await event_store.ingest(batch)
-            if event_store.enqueued != before:
-                dispatcher.wake()
-            return results
-
+        apply_events = waking(event_store.ingest, event_store, dispatcher)
         events: Batcher[NewEvent, IngestResult] = await stack.enter_async_context(
             Batcher(apply_events, name="events")
         )

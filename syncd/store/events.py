@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncd.events import NewEvent
 from syncd.identity import Person
 from syncd.rules import Rendered, Rule
 from syncd.store.errors import translated
-from syncd.store.links import IDENTITY_LOCK, load_people
+from syncd.store.links import identity_transaction, load_people
 from syncd.store.models import Delivery, Event, Identity, IdentityChange, utcnow
 from syncd.store.outbox import NewDelivery, enqueue
 
@@ -95,14 +95,8 @@ class EventStore:
         self.enqueued = 0
 
     async def ingest(self, events: Sequence[NewEvent]) -> list[IngestResult]:
-        async with translated(), self.engine.connect() as conn:
-            conn = await conn.execution_options(write_lock=True)
-            async with conn.begin():
-                if conn.dialect.name == "postgresql":
-                    await conn.execute(
-                        text("SELECT pg_advisory_xact_lock(:k)"), {"k": IDENTITY_LOCK}
-                    )
-                results, enqueued = await self._ingest(conn, events, utcnow())
+        async with identity_transaction(self.engine) as conn:
+            results, enqueued = await self._ingest(conn, events, utcnow())
         self.enqueued += enqueued
         return results
 

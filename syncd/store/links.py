@@ -12,7 +12,8 @@ acknowledges a link that is not stored.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -44,6 +45,19 @@ class LinkResult:
     detail: str = ""
 
 
+@asynccontextmanager
+async def identity_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A transaction that may create or change identities: it holds the write lock from
+    its first read (``BEGIN IMMEDIATE`` on SQLite; an advisory lock on PostgreSQL, so
+    several daemons take turns). Outages become :class:`StoreUnavailable`."""
+    async with translated(), engine.connect() as conn:
+        conn = await conn.execution_options(write_lock=True)
+        async with conn.begin():
+            if conn.dialect.name == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": IDENTITY_LOCK})
+            yield conn
+
+
 class LinkStore:
     """Applies links; see the module docstring for the transaction rules."""
 
@@ -63,26 +77,20 @@ class LinkStore:
 
     async def apply(self, requests: Sequence[LinkRequest]) -> list[LinkResult]:
         """Apply a batch in one transaction; raises :class:`StoreUnavailable` on an outage."""
-        async with translated(), self.engine.connect() as conn:
-            conn = await conn.execution_options(write_lock=True)
-            async with conn.begin():
-                if conn.dialect.name == "postgresql":
-                    await conn.execute(
-                        text("SELECT pg_advisory_xact_lock(:k)"), {"k": IDENTITY_LOCK}
-                    )
-                people = await load_people(conn, [r.claim for r in requests])
-                first = {p.id: p for p in people if p.id is not None}
-                plan = Plan(first, self.on_conflict, self.effects)
-                for request in requests:
-                    plan.add(request)
-                now = utcnow()
-                results, ids = await _write(conn, plan, requests, now)
-                enqueued = len(plan.deliveries)
-                if self.after_link is not None:
-                    changed = [p for i, p in plan.people.items() if i < 0 or p != plan.initial[i]]
-                    final = [replace(p, id=ids[p.id]) for p in changed if p.id is not None]
-                    if final:
-                        enqueued += await self.after_link(conn, final, now)
+        async with identity_transaction(self.engine) as conn:
+            people = await load_people(conn, [r.claim for r in requests])
+            first = {p.id: p for p in people if p.id is not None}
+            plan = Plan(first, self.on_conflict, self.effects)
+            for request in requests:
+                plan.add(request)
+            now = utcnow()
+            results, ids = await _write(conn, plan, requests, now)
+            enqueued = len(plan.deliveries)
+            if self.after_link is not None:
+                changed = [p for i, p in plan.people.items() if i < 0 or p != plan.initial[i]]
+                final = [replace(p, id=ids[p.id]) for p in changed if p.id is not None]
+                if final:
+                    enqueued += await self.after_link(conn, final, now)
         self.enqueued += enqueued
         return results
 
