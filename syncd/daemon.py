@@ -32,6 +32,7 @@ from syncd.config import Settings
 from syncd.errors import ConfigError, PermanentError, SchemaNotReady, StoreUnavailable
 from syncd.events import NewEvent
 from syncd.http.app import AppContext, create_app
+from syncd.notify import Notifier
 from syncd.outbox import Dispatcher, Sender
 from syncd.poller import Poller, jobs
 from syncd.ratelimit import RateLimiter
@@ -256,6 +257,11 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
         logger.bind(database=safe_url(settings.database.url)).info(
             "syncd ready: listening on http://{}:{}", host, port
         )
+        notifier = Notifier()
+        notifier.ready(f"listening on {host}:{port}")  # bound, and migrations are at head
+        pinging = asyncio.create_task(notifier.watchdog(), name="watchdog")
+        stack.callback(pinging.cancel)
+        stack.callback(notifier.stopping)  # runs first on the way out
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
