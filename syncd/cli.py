@@ -83,6 +83,16 @@ async def cmd_migrate(_: argparse.Namespace, settings: config.Settings) -> int:
     return 0
 
 
+def _missing_sqlite_file(database_url: str) -> str | None:
+    """The path of an SQLite database that does not exist yet (check must not create it)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        return url.database
+    return None
+
+
 async def cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
     from syncd.store import migrate
     from syncd.store.engine import create_engine, safe_url
@@ -107,16 +117,24 @@ async def cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
         "http.token",
         "set" if settings.http.token else "empty: set it (syncd run refuses to start without it)",
     )
+    head = ", ".join(sorted(migrate.heads()))
+    missing = _missing_sqlite_file(settings.database.url)
+    if missing is not None:
+        line(True, "database", f"{missing} does not exist yet: syncd run or migrate creates it")
+        auto = settings.database.auto_migrate
+        line(auto, "migrations", "syncd run will apply them" if auto else "run `syncd migrate`")
+        return 1 if failed else 0
     engine = create_engine(settings.database.url)
     try:
         async with translated():
             current = await migrate.current(engine)
         line(True, "database", safe_url(settings.database.url))
-        head = ", ".join(sorted(migrate.heads()))
+        have = ", ".join(sorted(current)) or "empty"
         if current == migrate.heads():
             line(True, "migrations", f"at head {head}")
+        elif settings.database.auto_migrate:
+            line(True, "migrations", f"database at {have}, head is {head}: syncd run will migrate")
         else:
-            have = ", ".join(sorted(current)) or "empty"
             line(False, "migrations", f"database at {have}, head is {head}: run `syncd migrate`")
     except SyncdError as exc:
         line(False, "database", f"{safe_url(settings.database.url)}: {exc}")

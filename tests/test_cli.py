@@ -136,10 +136,20 @@ def test_commands_refuse_an_unmigrated_database(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("SYNCD_DATABASE__URL", f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert main(["check"]) == 1  # no token; the database does not exist yet
+    shown = capsys.readouterr().out
+    assert (
+        "ok   migrations: syncd run will apply them" in shown and "fresh.db does not exist" in shown
+    )
+    assert not (tmp_path / "fresh.db").exists()  # check creates nothing
+    monkeypatch.setenv("SYNCD_DATABASE__AUTO_MIGRATE", "false")
+    assert main(["check"]) == 1
+    assert "FAIL migrations: run `syncd migrate`" in capsys.readouterr().out
     assert main(["identity", "show", "a@b.ru"]) == 1
     assert "run `syncd migrate`" in capsys.readouterr().err
     assert main(["check"]) == 1
-    assert "FAIL migrations" in capsys.readouterr().out
+    assert "FAIL migrations: database at empty, head is" in capsys.readouterr().out
+    monkeypatch.delenv("SYNCD_DATABASE__AUTO_MIGRATE")
     assert main(["migrate"]) == 0
     (head,) = migrate.heads()
     assert f"migrated empty -> {head}" in capsys.readouterr().out
