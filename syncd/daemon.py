@@ -32,6 +32,7 @@ from syncd.config import Settings
 from syncd.errors import ConfigError, PermanentError, SchemaNotReady, StoreUnavailable
 from syncd.events import NewEvent
 from syncd.http.app import AppContext, create_app
+from syncd.metrics import Metrics
 from syncd.notify import Notifier
 from syncd.outbox import Dispatcher, Sender
 from syncd.poller import Poller, jobs
@@ -153,6 +154,20 @@ def waking(
     return applied
 
 
+def counted(
+    ingest: Callable[[Sequence[NewEvent]], Awaitable[list[IngestResult]]], metrics: Metrics
+) -> Callable[[Sequence[NewEvent]], Awaitable[list[IngestResult]]]:
+    """``ingest``, counting events by kind, source and whether they were repeats."""
+
+    async def ingested(batch: Sequence[NewEvent]) -> list[IngestResult]:
+        results = await ingest(batch)
+        for event, result in zip(batch, results, strict=True):
+            metrics.events.labels(event.kind, event.source, str(result.duplicate).lower()).inc()
+        return results
+
+    return ingested
+
+
 def addressing(settings: Settings) -> Addressing:
     """The compiled ``[[rules]]`` and how to address Salebot (a ConfigError names a bad rule)."""
     return Addressing(
@@ -180,6 +195,7 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
         await prepare_schema(engine, settings.database.auto_migrate)
         if not settings.getcourse.api_key:
             logger.warning("getcourse.api_key is empty: links are not written back to GetCourse")
+        metrics = Metrics()
         http = await stack.enter_async_context(new_http_client())
         dispatcher = await stack.enter_async_context(
             Dispatcher(
@@ -189,6 +205,7 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
                 limiters={"salebot": RateLimiter(settings.salebot.rate_per_second)},
                 concurrency=settings.delivery.concurrency,
                 lease=settings.delivery.lease,
+                metrics=metrics,
             )
         )
         event_store = EventStore(engine, addressing(settings))
@@ -200,7 +217,7 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
         links: Batcher[LinkRequest, LinkResult] = await stack.enter_async_context(
             Batcher(apply_links, name="links")
         )
-        apply_events = waking(event_store.ingest, event_store, dispatcher)
+        apply_events = counted(waking(event_store.ingest, event_store, dispatcher), metrics)
         events: Batcher[NewEvent, IngestResult] = await stack.enter_async_context(
             Batcher(apply_events, name="events")
         )
@@ -232,6 +249,7 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
             token=settings.http.token,
             max_body_bytes=settings.http.max_body_bytes,
             project_id=settings.salebot.project_id,
+            metrics=metrics,
         )
         app = create_app(ctx)
         reporter = asyncio.create_task(report_activity(ctx.counts), name="activity")

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from syncd.batching import Batcher
 from syncd.errors import PermanentError, StoreUnavailable, TransientError
 from syncd.logs import redact
+from syncd.metrics import Metrics
 from syncd.ratelimit import RateLimiter
 from syncd.retry import BackoffPolicy, GiveUp
 from syncd.store import outbox
@@ -57,6 +58,7 @@ class Dispatcher:
         lease: timedelta = timedelta(seconds=60),
         poll_seconds: float = 1.0,
         drain_seconds: float = 10.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
         self.senders = senders
@@ -66,6 +68,7 @@ class Dispatcher:
         self.lease = lease
         self.poll_seconds = poll_seconds
         self.drain_seconds = drain_seconds
+        self.metrics = metrics
         self.owner = owner_name()
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
@@ -155,6 +158,8 @@ class Dispatcher:
         # ever sent-but-unrecorded, the most a crash can repeat (SPEC §5).
         try:
             self._log(log, row, outcome)
+            if self.metrics is not None and outcome.status != "released":
+                self.metrics.deliveries.labels(row.target, outcome.status).inc()
             await self._recorder.submit(outcome)
         except StoreUnavailable as exc:  # the lease expires and the row is taken again
             log.warning("outbox: could not record the outcome: {}", exc)

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from syncd.config import Settings
 from syncd.daemon import senders, write_back
 from syncd.identity import LinkClaim
+from syncd.metrics import Metrics
 from syncd.outbox import Dispatcher
 from syncd.retry import BackoffPolicy
 from syncd.sandbox import getcourse, salebot
@@ -203,8 +204,11 @@ async def test_permanent_failures_die_at_once_and_replay(
             conn, [NewDelivery("salebot", "callback", {"client_id": 42, "message": "hi"})]
         )
     config = settings(*apis)
-    async with dispatching(engine, config):
+    metrics = Metrics()
+    async with dispatching(engine, config, metrics=metrics):
         await until(lambda: settled(engine, 1))
+    dead_total = {"target": "salebot", "outcome": "dead"}
+    assert metrics.registry.get_sample_value("syncd_deliveries_total", dead_total) == 1
     (dead,) = await outbox.listing(engine, "dead", 10)
     assert dead["attempts"] == 1
     assert dead["last_error"] == "salebot callback: status client_not_found"

@@ -15,8 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncd.batching import Batcher
 from syncd.config import Settings
-from syncd.daemon import addressing, write_back
+from syncd.daemon import addressing, counted, write_back
 from syncd.http.app import AppContext, create_app
+from syncd.metrics import Metrics
 from syncd.store.engine import create_engine
 from syncd.store.events import EventStore
 from syncd.store.links import LinkStore
@@ -28,19 +29,23 @@ LIMIT = 4096
 
 
 async def client_for(
-    engine: AsyncEngine, token: str = TOKEN, settings: Settings | None = None
+    engine: AsyncEngine,
+    token: str = TOKEN,
+    settings: Settings | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The app in-process, wired as ``syncd run`` wires it (rules from ``settings``)."""
     settings = settings or Settings()
+    metrics = metrics or Metrics()
     event_store = EventStore(engine, addressing(settings))
     store = LinkStore(
         engine, settings.identity.on_conflict, write_back(settings), event_store.after_link
     )
     async with (
         Batcher(store.apply, name="links") as links,
-        Batcher(event_store.ingest, name="events") as events,
+        Batcher(counted(event_store.ingest, metrics), name="events") as events,
     ):
-        app = create_app(AppContext(engine, links, events, token, LIMIT, P))
+        app = create_app(AppContext(engine, links, events, token, LIMIT, P, metrics=metrics))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://syncd") as client:
             yield client

@@ -27,9 +27,12 @@ from syncd.http.hotpath import Handler, HotPaths
 from syncd.http.params import BodyTooLarge, read_params
 from syncd.identity import normalise_link
 from syncd.logs import mask_email
-from syncd.store import migrate
+from syncd.metrics import Metrics, Timed
+from syncd.store import exports, migrate
+from syncd.store import outbox as outbox_store
 from syncd.store.events import IngestResult
 from syncd.store.links import LinkRequest, LinkResult
+from syncd.store.models import utcnow
 
 #: How long a request waits for the store before answering 503.
 STORE_WAIT_SECONDS = 15.0
@@ -45,6 +48,7 @@ class AppContext:
     project_id: int
     #: links answered, by status, since the last activity report (see syncd.daemon)
     counts: Counter[str] = field(default_factory=Counter)
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 def failure(status: int, error: str, detail: str = "", **extra: Any) -> JSONResponse:
@@ -58,12 +62,25 @@ def failure(status: int, error: str, detail: str = "", **extra: Any) -> JSONResp
 def create_app(ctx: AppContext) -> ASGIApp:
     token = ctx.token.encode()
 
+    links_total = ctx.metrics.links
+
     async def post_links(request: Request) -> Response:
-        require_token(request, token)
-        params = await read_params(request, ctx.max_body_bytes)
-        claim = normalise_link(params, ctx.project_id)
-        async with asyncio.timeout(STORE_WAIT_SECONDS):  # no task per request, unlike wait_for
-            result = await ctx.links.submit(LinkRequest(claim, "webhook"))
+        try:
+            require_token(request, token)
+            params = await read_params(request, ctx.max_body_bytes)
+            claim = normalise_link(params, ctx.project_id)
+            async with asyncio.timeout(STORE_WAIT_SECONDS):  # no task per request (wait_for)
+                result = await ctx.links.submit(LinkRequest(claim, "webhook"))
+        except Unauthorized:
+            links_total.labels("unauthorized").inc()
+            raise
+        except (InvalidInput, BodyTooLarge):
+            links_total.labels("invalid").inc()
+            raise
+        except (StoreUnavailable, TimeoutError):
+            links_total.labels("unavailable").inc()
+            raise
+        links_total.labels(result.status).inc()
         ctx.counts[result.status] += 1
         if result.status == "conflict":
             logger.bind(conflict_id=result.conflict_id, email=mask_email(claim.email)).warning(
@@ -95,6 +112,14 @@ def create_app(ctx: AppContext) -> ASGIApp:
         require_token(request, token)
         return await ingest(from_techapi(await read_params(request, ctx.max_body_bytes)))
 
+    async def metrics(_: Request) -> Response:
+        try:
+            async with asyncio.timeout(5):
+                await refresh_gauges(ctx.engine, ctx.metrics)
+        except Exception as exc:  # the counters are still worth serving
+            logger.warning("metrics: cannot read the store: {}", type(exc).__name__)
+        return Response(ctx.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
     async def healthz(_: Request) -> Response:
         return JSONResponse({"success": True, "status": "alive"})
 
@@ -118,12 +143,13 @@ def create_app(ctx: AppContext) -> ASGIApp:
             Route("/v1/getcourse/techapi", getcourse_techapi, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers=handlers,
     )
     kinds = {kind: handler for kind, handler in handlers.items() if isinstance(kind, type)}
     events = "/v1/getcourse/events/"
-    return HotPaths(
+    hot = HotPaths(
         app,
         {("POST", "/v1/links"): post_links, ("POST", "/v1/getcourse/techapi"): getcourse_techapi},
         kinds,
@@ -132,6 +158,17 @@ def create_app(ctx: AppContext) -> ASGIApp:
             ("POST", events): ("event", getcourse_event),
         },
     )
+    return Timed(hot, ctx.metrics)
+
+
+async def refresh_gauges(engine: AsyncEngine, metrics: Metrics) -> None:
+    """The outbox and the export budget, as the database has them now."""
+    figures = await outbox_store.stats(engine)
+    for status in outbox_store.STATUSES:
+        metrics.outbox_by_status.labels(status).set(figures[status])
+    metrics.outbox_oldest.set(figures["oldest_due_age_seconds"])
+    metrics.outbox_due.set(await outbox_store.due_count(engine))
+    metrics.budget_left.set(await exports.budget_left(engine, utcnow()))
 
 
 def _handlers() -> dict[Any, Handler]:

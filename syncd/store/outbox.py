@@ -219,6 +219,12 @@ async def stats(engine: AsyncEngine) -> dict[str, Any]:
     return result
 
 
+async def due_count(engine: AsyncEngine) -> int:
+    async with translated(), engine.connect() as conn:
+        count = await conn.scalar(select(func.count()).select_from(Delivery).where(_due(utcnow())))
+    return int(count or 0)
+
+
 async def retry(engine: AsyncEngine, ids: Sequence[int] | None) -> tuple[list[int], dict[int, str]]:
     """Replay dead rows (all of them when ``ids`` is None): due now, attempts from zero.
 
