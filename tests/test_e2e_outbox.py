@@ -4,18 +4,21 @@ restart every delivery ends sent or dead, and only in-flight calls may repeat.""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from syncd.sandbox import getcourse
 from syncd.sandbox.faults import Faults
 from syncd.sandbox.serve import serve
 from syncd.store import outbox
 from syncd.store.engine import create_engine
+from syncd.store.models import Identity
 from tests.daemon import GC_KEY, TOKEN, Daemon
 
 pytestmark = pytest.mark.slow
@@ -91,3 +94,43 @@ async def test_kill_9_mid_burst_then_every_delivery_settles(db_url: str, tmp_pat
     assert len(written) == figures["sent"]
     repeated = sum(count - 1 for count in written.values())
     assert repeated <= CONCURRENCY, f"{repeated} calls repeated: more than were in flight"
+
+
+async def test_sigterm_mid_burst_exits_0_and_leaves_nothing_claimed(
+    db_url: str, tmp_path: Path
+) -> None:
+    state = getcourse.GetCourseState(key=GC_KEY)
+    state.add_field("telegram_id")
+    state.faults = Faults(latency=0.3)  # calls are on the wire when the signal comes
+    async with serve(getcourse.create_app(state), grace=1.0) as gc_url:
+        daemon = Daemon(
+            db_url, tmp_path, SYNCD_GETCOURSE__BASE_URL=gc_url, SYNCD_DELIVERY__CONCURRENCY="4"
+        )
+        await asyncio.to_thread(daemon.start)
+        try:
+            acked: list[str] = []
+            stop = asyncio.Event()
+            workers = [
+                asyncio.create_task(post_links(daemon.base_url, w, acked, stop)) for w in range(8)
+            ]
+            await asyncio.sleep(1.0)
+            assert daemon.process is not None
+            daemon.process.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(daemon.process.wait, 30)
+            stop.set()
+            await asyncio.gather(*workers)
+        finally:
+            daemon.close()
+    assert code == 0
+    logs = daemon.logs()
+    assert "syncd stopped" in logs and "Traceback" not in logs
+    engine = create_engine(db_url)
+    try:
+        figures = await outbox.stats(engine)
+        async with engine.connect() as conn:
+            stored = set((await conn.scalars(select(Identity.email))).all())
+    finally:
+        await engine.dispose()
+    assert set(acked) <= stored  # every acknowledged link was committed
+    assert figures["sending"] == 0  # in-flight calls recorded, the rest released
+    assert figures["sent"] == len(state.imports()) and figures["pending"] > 0
