@@ -71,6 +71,7 @@ class Dispatcher:
         self.metrics = metrics
         self.owner = owner_name()
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()  # set when half the slots are free again
         self._slots = asyncio.Semaphore(concurrency)
         #: rows whose call has started: from the send until its outcome is committed
         self._on_wire: set[int] = set()
@@ -117,6 +118,11 @@ class Dispatcher:
         while True:
             await self._slots.acquire()
             self._slots.release()
+            if self._tasks and self._free_slots() < self.concurrency // 2:
+                # claim in batches, not a row per freed slot: wait for half the slots
+                self._room.clear()
+                await self._room.wait()
+                continue
             free = self._free_slots()
             try:
                 rows = await outbox.claim(self.engine, self.owner, free, self.lease)
@@ -167,6 +173,8 @@ class Dispatcher:
             self._on_wire.discard(row.id)
             self._tasks.pop(row.id, None)
             self._slots.release()
+            if self._free_slots() >= self.concurrency // 2 or not self._tasks:
+                self._room.set()
 
     def _after_failure(self, row: Claimed, exc: TransientError) -> Outcome:
         error = redact(str(exc))

@@ -17,6 +17,16 @@ from starlette.applications import Starlette
 from syncd.sandbox import getcourse, salebot
 from syncd.sandbox.serve import serve
 
+#: ``--clients N``: client i gets Telegram id TELEGRAM_BASE + i.
+TELEGRAM_BASE = 1_000_000
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number ≥ 0."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"want a whole number >= 0, got {text!r}")
+    return int(text)
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -49,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="CLIENT_ID:TELEGRAM_ID",
         help="a known client of the first bot (repeatable)",
     )
+    sb.add_argument(
+        "--clients",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="seed clients 1..N of the first bot, client i with Telegram id 1000000+i "
+        "(for load tests; default: none)",
+    )
     for sub in (gc, sb):
         sub.add_argument(
             "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
@@ -66,6 +84,8 @@ def _app(args: argparse.Namespace) -> Starlette:
     sb_state = salebot.SalebotState(key=args.key)
     if args.bot:
         sb_state.bots = [salebot.SbBot(i, name) for i, name in enumerate(args.bot, start=1)]
+    for client_id in range(1, args.clients + 1):
+        sb_state.add_client(TELEGRAM_BASE + client_id, client_id=client_id)
     for pair in args.client:
         client_id, _, telegram_id = pair.partition(":")
         if not client_id.isdigit() or not telegram_id.isdigit():
