@@ -62,6 +62,22 @@ async def cmd_run(_: argparse.Namespace, settings: config.Settings) -> int:
     return 0
 
 
+async def cmd_demo(args: argparse.Namespace, settings: config.Settings) -> int:
+    import signal
+
+    from syncd import demo
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    async def until_stopped() -> None:
+        await stop.wait()
+
+    return await demo.run(out, keep=args.keep, wait_forever=until_stopped)
+
+
 async def cmd_migrate(_: argparse.Namespace, settings: config.Settings) -> int:
     from syncd.store import migrate
     from syncd.store.engine import create_engine, safe_url
@@ -375,6 +391,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("run", cmd_run, "run the daemon (HTTP ingress) until SIGTERM/SIGINT")
     add("migrate", cmd_migrate, "apply database migrations up to head")
+    demo = add(
+        "demo",
+        cmd_demo,
+        "watch the whole loop in a minute: simulators of GetCourse and Salebot, a daemon, "
+        "a temporary database, and a story",
+    )
+    demo.add_argument(
+        "--keep", action="store_true", help="leave everything running and print the URLs"
+    )
     add("check", cmd_check, "validate the config, the database and its migrations")
 
     identity = commands.add_parser("identity", help="look up or link one person")

@@ -92,7 +92,7 @@ async def run(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await _serve(settings, stop)
+        await serve_until(settings, stop)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
@@ -188,7 +188,8 @@ async def _expire(engine: AsyncEngine) -> None:
         logger.info("{} events waited longer than delivery.wait_for_link: expired", expired)
 
 
-async def _serve(settings: Settings, stop: asyncio.Event) -> None:
+async def serve_until(settings: Settings, stop: asyncio.Event) -> None:
+    """Everything `syncd run` runs, until `stop` is set (no signal handling here)."""
     async with AsyncExitStack() as stack:
         engine = create_engine(settings.database.url)
         stack.push_async_callback(engine.dispose)
