@@ -109,11 +109,39 @@ def _missing_sqlite_file(database_url: str) -> str | None:
     return None
 
 
-async def cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
+async def _check_database(
+    settings: config.Settings, line: Callable[[bool, str, str], None]
+) -> None:
     from syncd.store import migrate
     from syncd.store.engine import create_engine, safe_url
     from syncd.store.errors import translated
 
+    head = ", ".join(sorted(migrate.heads()))
+    missing = _missing_sqlite_file(settings.database.url)
+    if missing is not None:
+        line(True, "database", f"{missing} does not exist yet: syncd run or migrate creates it")
+        auto = settings.database.auto_migrate
+        line(auto, "migrations", "syncd run will apply them" if auto else "run `syncd migrate`")
+        return
+    engine = create_engine(settings.database.url)
+    try:
+        async with translated():
+            current = await migrate.current(engine)
+        line(True, "database", safe_url(settings.database.url))
+        have = ", ".join(sorted(current)) or "empty"
+        if current == migrate.heads():
+            line(True, "migrations", f"at head {head}")
+        elif settings.database.auto_migrate:
+            line(True, "migrations", f"database at {have}, head is {head}: syncd run will migrate")
+        else:
+            line(False, "migrations", f"database at {have}, head is {head}: run `syncd migrate`")
+    except SyncdError as exc:
+        line(False, "database", f"{safe_url(settings.database.url)}: {exc}")
+    finally:
+        await engine.dispose()
+
+
+async def cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
     failed = 0
 
     def line(ok: bool, what: str, text: str) -> None:
@@ -133,29 +161,13 @@ async def cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
         "http.token",
         "set" if settings.http.token else "empty: set it (syncd run refuses to start without it)",
     )
-    head = ", ".join(sorted(migrate.heads()))
-    missing = _missing_sqlite_file(settings.database.url)
-    if missing is not None:
-        line(True, "database", f"{missing} does not exist yet: syncd run or migrate creates it")
-        auto = settings.database.auto_migrate
-        line(auto, "migrations", "syncd run will apply them" if auto else "run `syncd migrate`")
-        return 1 if failed else 0
-    engine = create_engine(settings.database.url)
-    try:
-        async with translated():
-            current = await migrate.current(engine)
-        line(True, "database", safe_url(settings.database.url))
-        have = ", ".join(sorted(current)) or "empty"
-        if current == migrate.heads():
-            line(True, "migrations", f"at head {head}")
-        elif settings.database.auto_migrate:
-            line(True, "migrations", f"database at {have}, head is {head}: syncd run will migrate")
-        else:
-            line(False, "migrations", f"database at {have}, head is {head}: run `syncd migrate`")
-    except SyncdError as exc:
-        line(False, "database", f"{safe_url(settings.database.url)}: {exc}")
-    finally:
-        await engine.dispose()
+    await _check_database(settings, line)
+    if args.remote:
+        from syncd import remote
+        from syncd.clients.http import new_http_client
+
+        async with new_http_client() as http:
+            await remote.check(settings, http, line)
     return 1 if failed else 0
 
 
@@ -400,7 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--keep", action="store_true", help="leave everything running and print the URLs"
     )
-    add("check", cmd_check, "validate the config, the database and its migrations")
+    check = add("check", cmd_check, "validate the config, the database and its migrations")
+    check.add_argument(
+        "--remote",
+        action="store_true",
+        help="also call GetCourse (key, custom fields) and Salebot (key, bot_name)",
+    )
 
     identity = commands.add_parser("identity", help="look up or link one person")
     identity_cmds = identity.add_subparsers(
