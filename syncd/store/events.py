@@ -211,8 +211,9 @@ class EventStore:
                 )
                 .values(status="pending", waiting_for=None, next_attempt_at=now)
             )
+            by_id = {p.id: p for p in by_email.values()}
             for identity_id, gc in learn.items():
-                before = next(p for p in by_email.values() if p.id == identity_id)
+                before = by_id[identity_id]
                 after = Person(identity_id, before.email, before.telegram_id, gc, before.clients)
                 by_email[before.email] = by_gc[gc] = after
                 changes.append(_change(identity_id, before, after, now))
