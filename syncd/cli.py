@@ -319,7 +319,7 @@ async def cmd_backfill(args: argparse.Namespace, settings: config.Settings) -> i
 
     async with open_store(settings) as engine, new_http_client() as http:
         store = EventStore(engine, addressing(settings))
-        poller = Poller(engine, http, gc.url, gc.api_key, store.ingest)
+        poller = Poller(engine, http, gc.url, gc.api_key, store.ingest_new)
         done = await backfill(
             poller, configured, args.since, until,
             window=timedelta(days=args.window_days), progress=progress,

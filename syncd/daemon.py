@@ -226,8 +226,9 @@ async def serve_until(settings: Settings, stop: asyncio.Event) -> None:
         scheduler.add_job(_expire, "interval", seconds=60, args=[engine], id="expire-waiting")
         poll = settings.getcourse.poll
         if poll.interval.total_seconds() > 0 and settings.getcourse.api_key:
+            poll_events = counted(waking(event_store.ingest_new, event_store, dispatcher), metrics)
             poller = Poller(
-                engine, http, settings.getcourse.url, settings.getcourse.api_key, apply_events
+                engine, http, settings.getcourse.url, settings.getcourse.api_key, poll_events
             )
             scheduler.add_job(
                 poller.cycle,

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from syncd.events import NewEvent
 from syncd.identity import Person
 from syncd.rules import Rendered, Rule
+from syncd.store.dialect import insert_ignoring
 from syncd.store.errors import translated
 from syncd.store.links import identity_transaction, load_people
 from syncd.store.models import Delivery, Event, Identity, IdentityChange, utcnow
@@ -94,28 +95,37 @@ class EventStore:
         #: How many deliveries committed batches enqueued (for waking a dispatcher).
         self.enqueued = 0
 
-    async def ingest(self, events: Sequence[NewEvent]) -> list[IngestResult]:
+    async def ingest(
+        self, events: Sequence[NewEvent], *, duplicate_ids: bool = True
+    ) -> list[IngestResult]:
+        """Store new events, apply the rules to them; repeats are answered duplicate.
+
+        ``duplicate_ids=False`` (the poller) skips looking up the stored id and status of
+        repeats: their results carry ``event_id`` 0.
+        """
         async with identity_transaction(self.engine) as conn:
-            results, enqueued = await self._ingest(conn, events, utcnow())
+            results, enqueued = await self._ingest(conn, events, utcnow(), duplicate_ids)
         self.enqueued += enqueued
         return results
 
+    async def ingest_new(self, events: Sequence[NewEvent]) -> list[IngestResult]:
+        """:meth:`ingest` for the poller, which has no use for the ids of repeats."""
+        return await self.ingest(events, duplicate_ids=False)
+
     async def _ingest(
-        self, conn: AsyncConnection, events: Sequence[NewEvent], now: datetime
+        self, conn: AsyncConnection, events: Sequence[NewEvent], now: datetime, duplicate_ids: bool
     ) -> tuple[list[IngestResult], int]:
         keys = [(e.kind, e.external_id) for e in events]
-        stored = await _existing(conn, set(keys))
         fresh: dict[tuple[str, str], NewEvent] = {}
         for key, event in zip(keys, events, strict=True):
-            if key not in stored:
-                fresh.setdefault(key, event)
+            fresh.setdefault(key, event)
         people = await self._people(conn, list(fresh.values()), now)
-        rows, outcomes = [], []
+        rows, outcomes = [], {}
         for (kind, external_id), event in fresh.items():
             person = _person_for(event, people)
             data = {**event.data, "kind": kind, "external_id": external_id}
             outcome = apply_rules(data, kind, person, self.addressing)
-            outcomes.append((event, person, data, outcome))
+            outcomes[(kind, external_id)] = (person, data, outcome)
             rows.append(
                 {
                     "kind": kind,
@@ -135,24 +145,29 @@ class EventStore:
                 }
             )
         new_ids: dict[tuple[str, str], int] = {}
-        if rows:
+        if rows:  # the unique (kind, external_id) decides what is new, in this statement
             inserted = await conn.execute(
-                insert(Event).returning(Event.id, Event.kind, Event.external_id), rows
+                insert_ignoring(conn, Event, "kind", "external_id").returning(
+                    Event.id, Event.kind, Event.external_id
+                ),
+                rows,
             )
             new_ids = {(kind, external_id): event_id for event_id, kind, external_id in inserted}
+        repeats = set(fresh) - set(new_ids)
+        stored = await _existing(conn, repeats) if repeats and duplicate_ids else {}
         deliveries = []
-        for event, person, data, outcome in outcomes:
-            event_id = new_ids[(event.kind, event.external_id)]
+        for key, event_id in new_ids.items():
+            person, data, outcome = outcomes[key]
             deliveries += _deliveries(event_id, person, data, outcome)
         await enqueue(conn, deliveries, now)
-        statuses = {(e.kind, e.external_id): o.status for e, _, _, o in outcomes}
         results, seen = [], set()
         for key in keys:
-            if key in stored:
-                results.append(IngestResult(stored[key][0], True, stored[key][1]))
-            else:  # a repeat within the batch is a duplicate of its first occurrence
-                results.append(IngestResult(new_ids[key], key in seen, statuses[key]))
+            if key in new_ids:  # a repeat within the batch is a duplicate of the first
+                results.append(IngestResult(new_ids[key], key in seen, outcomes[key][2].status))
                 seen.add(key)
+            else:
+                event_id, status = stored.get(key, (0, "duplicate"))
+                results.append(IngestResult(event_id, True, status))
         return results, len(deliveries)
 
     async def _people(
