@@ -1,0 +1,826 @@
+"""Backfill benchmark: a 1,000,000-row GetCourse deals export read into the event log.
+
+For each database (SQLite in a temporary file, PostgreSQL in a throwaway database) and each
+window size, on a fresh database: ``syncd migrate``; start the simulator in its own process
+(bench/big_export_server.py: ``GeneratedDeals`` — deal ``i`` created at 2024-01-01 + 30 s·i,
+every 3rd one payed; exports ready at the first collect); measure a plain ``syncd run``
+daemon's RSS once ready and idle (poller off); then time ``syncd backfill --since 2024-01-01
+--until <day of the last deal> --window-days W`` from its start to its exit, sampling its
+VmRSS every 0.1 s and taking its peak from the kernel (``wait4`` rusage: VmHWM) when it
+exits. Afterwards the ``events`` table must hold exactly what the rows imply: one
+``deal.created`` per deal, and a ``deal.paid`` plus a ``deal.status_changed`` per payed deal.
+
+Window sizes: ``all`` is one export of every row (the headline: one huge export, memory must
+stay flat); ``30`` is the recommended windowed way (12 exports for 1,000,000 rows).
+
+    .venv/bin/python bench/backfill.py [--rows 1000000] [--db all] [--window-days all,30]
+
+Target (the issue): peak RSS within 100 MB of the idle daemon's, and >= 20,000 rows/s on
+SQLite. Exits 1 if a backfill fails, times out or the events stored are not the expected
+ones; a missed target is reported, not an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import os
+import platform
+import re
+import resource
+import shlex
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import closing, contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+EXPORT_SERVER = BENCH / "big_export_server.py"
+SYNCD = Path(sys.executable).parent / "syncd"
+KEY = "gc-bench-key-5d2a91"
+PG_ADMIN = os.environ.get("SYNCD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+LOOPBACK = "127.0.0.1"
+START = datetime(2024, 1, 1)  # GeneratedDeals' first deal, as big_export_server serves it
+PAID_EVERY = 3  # GeneratedDeals: deal i is payed when i % 3 == 0
+SAMPLE_EVERY = 0.1  # seconds between VmRSS samples
+PROGRESS_EVERY = 5.0  # seconds between looks at how many events are stored so far
+#: Budget: every export is a start and a collect; syncd keeps 3 requests in reserve and
+#: GetCourse allows 100 per 2 hours, so more windows than this would wait hours.
+MAX_WINDOWS = 45
+TARGET_ROWS_PER_SECOND = 20_000
+TARGET_RSS_MB = 100
+
+
+class BenchError(Exception):
+    """The benchmark could not produce a trustworthy figure."""
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_status(url: str, timeout: float = 2) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def proc_status(pid: int, key: str) -> int | None:
+    """A ``kB`` field of /proc/PID/status (VmHWM, VmRSS), in kB; None if unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time the process has used so far."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Child:
+    """A child process, its output in a log file; stopped by SIGTERM, killed as a last resort."""
+
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str]):
+        self.name = name
+        self.argv = argv
+        self.log = log
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def spawn(self, stdout: Path | None = None) -> None:
+        with self.log.open("ab") as log, (stdout or self.log).open("ab") as out:
+            self.process = subprocess.Popen(
+                self.argv, cwd=self.log.parent, env=self.env, stdout=out, stderr=log
+            )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def died(self) -> BenchError:
+        assert self.process is not None
+        return BenchError(
+            f"{self.name} exited {self.process.returncode} before it was ready:\n{tail(self.log)}"
+        )
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise BenchError(f"{self.name} did not stop within {timeout:.0f}s of SIGTERM") from None
+
+    def kill(self) -> None:
+        """Last resort, from a finally: no-op if already stopped (or reaped)."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            with suppress(subprocess.TimeoutExpired):
+                self.process.wait(10)
+
+
+@contextmanager
+def cleaned_up(child: Child) -> Iterator[Child]:
+    try:
+        yield child
+    finally:
+        child.kill()
+
+
+def syncd_env(db_url: str, base_url: str = "", **more: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "SYNCD_DATABASE__URL": db_url,
+        "SYNCD_GETCOURSE__BASE_URL": base_url,
+        "SYNCD_GETCOURSE__API_KEY": KEY,
+        "SYNCD_GETCOURSE__POLL__EXPORTS": "deals",
+        "SYNCD_LOG__FORMAT": "json",
+        "SYNCD_LOG__LEVEL": "warning",
+        **more,
+    }
+    env.pop("SYNCD_CONFIG", None)  # the workdir holds no syncd.toml: defaults + these only
+    return env
+
+
+# --------------------------------------------------------------------------- databases
+
+
+@dataclass
+class Database:
+    kind: str  # "sqlite" | "postgres"
+    url: str  # what syncd gets as SYNCD_DATABASE__URL
+    sqlite_path: Path | None = None
+    pg_conninfo: str | None = None
+
+    def query(self, statement: str) -> list[tuple[object, ...]]:
+        if self.sqlite_path is not None:
+            with closing(sqlite3.connect(self.sqlite_path)) as conn:
+                return [tuple(row) for row in conn.execute(statement).fetchall()]
+        import psycopg
+
+        assert self.pg_conninfo is not None
+        with psycopg.connect(self.pg_conninfo, autocommit=True) as conn:
+            return [tuple(row) for row in conn.execute(statement).fetchall()]
+
+    def events_so_far(self) -> int | None:
+        """The highest event id (ids are sequential): a cheap read while syncd writes."""
+        try:
+            if self.sqlite_path is not None:
+                uri = f"file:{self.sqlite_path}?mode=ro"
+                with closing(sqlite3.connect(uri, uri=True, timeout=0.5)) as conn:
+                    row = conn.execute("SELECT max(id) FROM events").fetchone()
+            else:
+                import psycopg
+
+                assert self.pg_conninfo is not None
+                with psycopg.connect(self.pg_conninfo, autocommit=True, connect_timeout=2) as pg:
+                    row = pg.execute("SELECT max(id) FROM events").fetchone()
+        except Exception:
+            return None
+        return int(row[0] or 0) if row else 0
+
+
+@contextmanager
+def sqlite_database(workdir: Path, label: str) -> Iterator[Database]:
+    path = workdir / f"syncd-{label}.db"
+    try:
+        yield Database("sqlite", f"sqlite:///{path}", sqlite_path=path)
+    finally:
+        for leftover in (
+            path,
+            path.with_name(path.name + "-wal"),
+            path.with_name(path.name + "-shm"),
+        ):
+            leftover.unlink(missing_ok=True)
+
+
+@contextmanager
+def postgres_database(admin_url: str) -> Iterator[Database]:
+    """A throwaway database, dropped (WITH FORCE) whatever happens."""
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(admin_url).set(drivername="postgresql")
+    if admin.host not in (LOOPBACK, "localhost", "::1"):
+        raise BenchError(f"PostgreSQL must be on the loopback, not {admin.host!r}")
+    name = f"syncd_bench_{uuid.uuid4().hex[:12]}"
+    admin_conninfo = admin.render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(admin_conninfo, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.OperationalError as exc:
+        raise BenchError(f"PostgreSQL not reachable at {admin_url}: {exc}") from None
+    try:
+        url = admin.set(database=name).render_as_string(hide_password=False)
+        shown = []
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            for setting in ("server_version", "autovacuum", "synchronous_commit"):
+                row = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(setting))).fetchone()
+                shown.append(f"{setting} {row[0] if row else '?'}")
+        print(f"  PostgreSQL database {name}: {', '.join(shown)}", flush=True)
+        yield Database("postgres", url, pg_conninfo=url)
+    finally:
+        with psycopg.connect(admin_conninfo, autocommit=True, connect_timeout=5) as conn:
+            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+            conn.execute(drop.format(sql.Identifier(name)))
+        print(f"  dropped PostgreSQL database {name}", flush=True)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    rows: int
+    step_seconds: int
+
+    @property
+    def since(self) -> date:
+        return START.date()
+
+    @property
+    def until(self) -> date:
+        """The day of the last deal."""
+        return (START + timedelta(seconds=(self.rows - 1) * self.step_seconds)).date()
+
+    @property
+    def days(self) -> int:
+        return (self.until - self.since).days + 1
+
+    @property
+    def paid(self) -> int:
+        return (self.rows + PAID_EVERY - 1) // PAID_EVERY
+
+    def expected_events(self) -> dict[str, int]:
+        return {"deal.created": self.rows, "deal.paid": self.paid, "deal.status_changed": self.paid}
+
+    def window_days(self, spec: str) -> int:
+        return self.days if spec == "all" else int(spec)
+
+    def windows(self, spec: str) -> int:
+        return math.ceil(self.days / self.window_days(spec))
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Run:
+    db: str
+    windows: int
+    window_days: int
+    command: list[str]
+    seconds: float = 0.0
+    collect_seconds: float | None = None  # the first collect request -> exit
+    rows_reported: int | None = None
+    events: dict[str, int] = field(default_factory=dict)
+    idle_rss_kb: int | None = None  # `syncd run`, ready, poller off
+    precollect_rss_kb: int | None = None  # the backfill process just before its first collect
+    peak_rss_kb: int | None = None  # the backfill process's VmHWM (wait4 rusage)
+    sampled_peak_kb: int | None = None
+    cpu_seconds: float | None = None  # the backfill process's user + system
+    switches: tuple[int, int] = (0, 0)  # its voluntary (waited) / involuntary (preempted)
+    server_cpu_seconds: float | None = None
+    exit_code: int | None = None
+    timed_out: bool = False  # killed after --timeout-minutes
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (s, VmRSS kB)
+    stored: list[tuple[float, int]] = field(default_factory=list)  # (s, events stored)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def total_events(self) -> int:
+        return sum(self.events.values())
+
+    @property
+    def growth_kb(self) -> int | None:
+        if self.peak_rss_kb is None or self.idle_rss_kb is None:
+            return None
+        return self.peak_rss_kb - self.idle_rss_kb
+
+
+def migrate(db: Database, workdir: Path) -> None:
+    command = [str(SYNCD), "migrate"]
+    done = subprocess.run(
+        command,
+        cwd=workdir,
+        env=syncd_env(db.url),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"syncd migrate exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    print(f"  $ {shlex.join(command)}\n    {done.stdout.strip()}", flush=True)
+
+
+def start_export_server(plan: Plan, workdir: Path, label: str) -> tuple[Child, str]:
+    argv = [
+        sys.executable,
+        str(EXPORT_SERVER),
+        "--port",
+        "0",
+        "--key",
+        KEY,
+        "--rows",
+        str(plan.rows),
+        "--step-seconds",
+        str(plan.step_seconds),
+    ]
+    out = workdir / f"export-server-{label}.out"
+    server = Child("export server", argv, workdir / f"export-server-{label}.log", dict(os.environ))
+    server.spawn(stdout=out)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise server.died()
+        first = tail(out, 1000).splitlines()[:1]
+        if first and first[0].startswith("http://"):
+            print(f"  $ {shlex.join(argv)}\n    pid {server.pid}, {first[0]}", flush=True)
+            return server, first[0]
+        time.sleep(0.05)
+    server.kill()
+    raise BenchError(f"export server not listening in 60s:\n{tail(server.log)}")
+
+
+def first_collect_at(server_out: Path) -> float | None:
+    """CLOCK_MONOTONIC of the server's first collect request (its own log line)."""
+    for line in tail(server_out, 100_000).splitlines():
+        match = re.match(r"t=([\d.]+) request GET /pl/api/account/exports/", line)
+        if match:
+            return float(match.group(1))
+    return None
+
+
+def daemon_idle_rss(db: Database, base_url: str, workdir: Path, label: str) -> int:
+    """VmRSS (kB) of a plain `syncd run` on this database, ready and idle (poller off)."""
+    port = free_port()
+    env = syncd_env(
+        db.url,
+        base_url,
+        SYNCD_HTTP__HOST=LOOPBACK,
+        SYNCD_HTTP__PORT=str(port),
+        SYNCD_HTTP__TOKEN="bench-token",
+        SYNCD_GETCOURSE__POLL__INTERVAL="0",
+    )
+    daemon = Child("syncd run", [str(SYNCD), "run"], workdir / f"syncd-run-{label}.log", env)
+    with cleaned_up(daemon):
+        daemon.spawn()
+        deadline = time.monotonic() + 60
+        while True:
+            if not daemon.alive():
+                raise daemon.died()
+            try:
+                if http_status(f"http://{LOOPBACK}:{port}/readyz", timeout=1) == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError(f"syncd run not ready in 60s:\n{tail(daemon.log)}")
+            time.sleep(0.05)
+        time.sleep(2)  # steady: imports done, pools opened, first scheduler ticks
+        samples = []
+        for _ in range(10):
+            rss = proc_status(daemon.pid, "VmRSS")
+            if rss is not None:
+                samples.append(rss)
+            time.sleep(SAMPLE_EVERY)
+        code = daemon.stop()
+    if code != 0:
+        raise BenchError(f"syncd run exited {code} on SIGTERM:\n{tail(daemon.log)}")
+    if not samples:
+        raise BenchError("could not read the idle daemon's VmRSS")
+    print(f"  idle `syncd run` (poller off): VmRSS {samples[-1] / 1024:.0f} MiB", flush=True)
+    return samples[-1]
+
+
+def run_backfill(
+    db: Database, plan: Plan, spec: str, workdir: Path, timeout: float, label: str
+) -> Run:
+    migrate(db, workdir)
+    server, base_url = start_export_server(plan, workdir, label)
+    with cleaned_up(server):
+        idle = daemon_idle_rss(db, base_url, workdir, label)
+        command = [
+            str(SYNCD),
+            "backfill",
+            "--since",
+            plan.since.isoformat(),
+            "--until",
+            plan.until.isoformat(),
+            "--window-days",
+            str(plan.window_days(spec)),
+        ]
+        run = Run(db.kind, plan.windows(spec), plan.window_days(spec), command, idle_rss_kb=idle)
+        env = syncd_env(db.url, base_url)
+        shown = " ".join(
+            f"{k}={v}" for k, v in env.items() if k.startswith("SYNCD_") and k not in os.environ
+        )
+        print(f"  $ {shown} \\\n      {shlex.join(command)}", flush=True)
+        backfill = Child("syncd backfill", command, workdir / f"backfill-{label}.err", env)
+        stdout = workdir / f"backfill-{label}.out"
+        with cleaned_up(backfill):
+            began = time.monotonic()
+            backfill.spawn(stdout=stdout)
+            status, usage = watch(backfill, db, run, began, timeout)
+            ended = time.monotonic()
+        run.seconds = ended - began
+        run.exit_code = os.waitstatus_to_exitcode(status)
+        run.peak_rss_kb = int(usage.ru_maxrss)  # kB on Linux: the process's VmHWM
+        run.cpu_seconds = usage.ru_utime + usage.ru_stime
+        run.switches = (usage.ru_nvcsw, usage.ru_nivcsw)
+        run.server_cpu_seconds = cpu_seconds(server.pid)
+        collect_at = first_collect_at(workdir / f"export-server-{label}.out")
+        if collect_at is not None and collect_at >= began:
+            run.collect_seconds = ended - collect_at
+            before = [rss for t, rss in run.timeline if t <= collect_at - began]
+            run.precollect_rss_kb = before[-1] if before else None
+        server.stop()
+    report = tail(stdout, 5)
+    match = re.search(r"backfill \S+: (\d+) exports, (\d+) rows", report)
+    run.rows_reported = int(match.group(2)) if match else None
+    if run.timed_out:
+        run.problems.append(
+            f"syncd backfill still running after {timeout:.0f} s: killed "
+            "(events: what it had stored by then)"
+        )
+    elif run.exit_code != 0:
+        run.problems.append(f"syncd backfill exited {run.exit_code}:\n{tail(backfill.log)}")
+    elif match is None:
+        run.problems.append(f"syncd backfill printed no summary: {report!r}")
+    else:
+        if int(match.group(1)) != run.windows:
+            run.problems.append(f"{match.group(1)} exports read, expected {run.windows}")
+        if run.rows_reported != plan.rows:
+            run.problems.append(f"{run.rows_reported} rows read, expected {plan.rows}")
+    counted = db.query("SELECT kind, count(*) FROM events GROUP BY kind ORDER BY kind")
+    run.events = {str(kind): int(str(n)) for kind, n in counted}
+    if run.events != plan.expected_events() and not run.timed_out:
+        run.problems.append(f"events stored {run.events}, expected {plan.expected_events()}")
+    complaints = [line for line in tail(backfill.log, 100_000).splitlines() if line.startswith("{")]
+    if complaints:
+        run.problems.append(
+            f"{len(complaints)} warning/error log lines, first: {complaints[0][:300]}"
+        )
+    return run
+
+
+def watch(
+    backfill: Child, db: Database, run: Run, began: float, timeout: float
+) -> tuple[int, resource.struct_rusage]:
+    """Sample VmRSS until the process exits; reap it with wait4 (exact peak RSS, CPU).
+
+    Every PROGRESS_EVERY seconds it also notes how many events are stored so far.
+    """
+    assert backfill.process is not None
+    pid = backfill.pid
+    looked = began
+    while True:
+        rss = proc_status(pid, "VmRSS")
+        if rss is not None:
+            run.timeline.append((time.monotonic() - began, rss))
+        if time.monotonic() - looked >= PROGRESS_EVERY:
+            looked = time.monotonic()
+            stored = db.events_so_far()
+            if stored is not None:
+                run.stored.append((looked - began, stored))
+        reaped, status, usage = os.wait4(pid, os.WNOHANG)
+        if reaped == pid:
+            backfill.process.returncode = os.waitstatus_to_exitcode(status)
+            run.sampled_peak_kb = max((r for _, r in run.timeline), default=None)
+            return status, usage
+        if time.monotonic() - began > timeout and not run.timed_out:
+            run.timed_out = True  # reaped (with its rusage) on the next turn
+            backfill.process.kill()
+        time.sleep(SAMPLE_EVERY)
+
+
+def describe(run: Run) -> None:
+    mib = "{:.0f} MiB".format
+    print(
+        ("  killed at the timeout" if run.timed_out else f"  exit {run.exit_code}")
+        + f" after {run.seconds:.1f} s"
+        + (f" ({run.collect_seconds:.1f} s from the first collect)" if run.collect_seconds else "")
+        + f"; rows {run.rows_reported}, events {run.events}",
+        flush=True,
+    )
+    if run.timeline:
+        picks = sorted({round(i * (len(run.timeline) - 1) / 10) for i in range(11)})
+        points = ", ".join(
+            f"{run.timeline[i][0]:.0f}s {run.timeline[i][1] / 1024:.0f}" for i in picks
+        )
+        print(f"  VmRSS timeline (MiB): {points}", flush=True)
+    if len(run.stored) > 1:
+        marks = [(0.0, 0), *run.stored, (run.seconds, run.total_events)]
+        picks = sorted({round(i * (len(marks) - 1) / 10) for i in range(11)})
+        rates = []
+        for a, b in itertools.pairwise(picks):
+            (t0, n0), (t1, n1) = marks[a], marks[b]
+            if t1 > t0:
+                rates.append(f"{t0:.0f}-{t1:.0f}s {(n1 - n0) / (t1 - t0):,.0f}")
+        print(f"  events/s by interval: {', '.join(rates)}", flush=True)
+    print(
+        "  peak RSS "
+        + (mib(run.peak_rss_kb / 1024) if run.peak_rss_kb else "?")
+        + f" (max sampled {mib((run.sampled_peak_kb or 0) / 1024)}), "
+        + f"backfill CPU {run.cpu_seconds or 0:.1f} s (context switches: {run.switches[0]:,} "
+        + f"voluntary, {run.switches[1]:,} involuntary), "
+        + f"export server CPU {run.server_cpu_seconds or 0:.1f} s",
+        flush=True,
+    )
+    for problem in run.problems:
+        print(f"  PROBLEM: {problem}", flush=True)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> str:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        found = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+        memory = f", RAM {int(found.group(1)) / 1024 / 1024:.1f} GiB" if found else ""
+    except OSError:
+        pass
+    load = ", load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    return (
+        f"nproc {cores} ({cpu or platform.machine()}){memory}{load}, Python "
+        f"{platform.python_version()} ({platform.python_implementation()}), "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+def rows_per_second(run: Run, plan: Plan) -> str:
+    """rows/s; for a run killed at the timeout, estimated from the events stored by then."""
+    if not run.seconds:
+        return "-"
+    if run.timed_out:
+        per_row = sum(plan.expected_events().values()) / plan.rows
+        return f"~{run.total_events / per_row / run.seconds:,.0f}"
+    return f"{(run.rows_reported or 0) / run.seconds:,.0f}"
+
+
+def summary(runs: list[Run], plan: Plan) -> None:
+    def mib(kb: int | None) -> str:
+        return f"{kb / 1024:.0f} MiB" if kb is not None else "?"
+
+    head = (
+        "db",
+        "windows",
+        "rows",
+        "events",
+        "seconds",
+        "rows/s",
+        "events/s",
+        "idle RSS",
+        "pre-collect",
+        "peak RSS",
+        "peak-idle",
+        "CPU",
+        "exit",
+    )
+    table = [head]
+    for run in runs:
+        rows = run.rows_reported or 0
+        table.append(
+            (
+                run.db,
+                f"{run.windows} x {run.window_days}d",
+                f"{rows:,}" if not run.timed_out else "timeout",
+                f"{run.total_events:,}",
+                f"{run.seconds:.1f}",
+                rows_per_second(run, plan),
+                f"{run.total_events / run.seconds:,.0f}" if run.seconds else "-",
+                mib(run.idle_rss_kb),
+                mib(run.precollect_rss_kb),
+                mib(run.peak_rss_kb),
+                mib(run.growth_kb),
+                f"{100 * run.cpu_seconds / run.seconds:.0f}%"
+                if run.cpu_seconds is not None and run.seconds
+                else "?",
+                "killed" if run.timed_out else str(run.exit_code),
+            )
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(head))]
+    print("\n=== syncd backfill benchmark: one GetCourse deals export into the event log ===")
+    print(f"machine : {machine()}")
+    print(f"command : {shlex.join(getattr(sys, 'orig_argv', sys.argv))}  (cwd {Path.cwd()})")
+    print(
+        f"data    : {plan.rows:,} deals, one every {plan.step_seconds} s from {START:%Y-%m-%d}, "
+        f"{plan.since}..{plan.until} ({plan.days} days), every {PAID_EVERY}rd payed; expected "
+        f"events {sum(plan.expected_events().values()):,} {plan.expected_events()}"
+    )
+    print("simulator: bench/big_export_server.py, its own process, on the same cores")
+    print()
+    for i, line in enumerate(table):
+        print(
+            "  ".join(
+                cell.ljust(w) if j < 2 else cell.rjust(w)
+                for j, (cell, w) in enumerate(zip(line, widths, strict=True))
+            )
+        )
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print()
+    print(
+        "seconds = `syncd backfill` start to exit (interpreter start-up included); rows/s and "
+        "events/s over those seconds; idle RSS = a ready `syncd run` on the same database, "
+        "poller off; pre-collect = the backfill's VmRSS just before its first collect request; "
+        "peak RSS = the backfill's VmHWM (wait4); CPU = its user+system time / seconds; "
+        "~rows/s = a run killed at the timeout, from the events it had stored."
+    )
+    for run in runs:
+        if run.exit_code != 0 or run.problems:
+            continue
+        rate = (run.rows_reported or 0) / run.seconds
+        growth = (run.growth_kb or 0) / 1024
+        print(
+            f"target [{run.db}, {run.windows} x {run.window_days}d]: peak-idle {growth:.0f} MiB "
+            f"({'ok' if growth <= TARGET_RSS_MB else 'MISSED'}: <= {TARGET_RSS_MB} MB)"
+            + (
+                f", {rate:,.0f} rows/s ({'ok' if rate >= TARGET_ROWS_PER_SECOND else 'MISSED'}: "
+                f">= {TARGET_ROWS_PER_SECOND:,} on SQLite)"
+                if run.db == "sqlite"
+                else ""
+            )
+        )
+    for run in runs:
+        for problem in run.problems:
+            print(f"FAIL [{run.db}, {run.windows} windows]: {problem}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Benchmark `syncd backfill` over a huge GetCourse deals export served by the "
+            "simulator: rows/s into the event log and the peak RSS against an idle daemon's, "
+            "on SQLite and PostgreSQL."
+        ),
+        epilog="Everything runs on 127.0.0.1; every run gets a fresh database.",
+    )
+    parser.add_argument(
+        "--rows", type=int, default=1_000_000, help="deals in the export (default 1,000,000)"
+    )
+    parser.add_argument(
+        "--step-seconds",
+        type=int,
+        default=30,
+        help="seconds between deals' creation (default 30: 1,000,000 deals span 348 days)",
+    )
+    parser.add_argument(
+        "--window-days",
+        default="all,30",
+        help="comma-separated window sizes to run, in days; `all` = one export of every row "
+        "(default: all,30)",
+    )
+    parser.add_argument(
+        "--db", choices=("sqlite", "postgres", "all"), default="all", help="default: all"
+    )
+    parser.add_argument(
+        "--timeout-minutes",
+        type=float,
+        default=20,
+        help="give up on a backfill after this long (default 20)",
+    )
+    parser.add_argument(
+        "--pg-admin",
+        default=PG_ADMIN,
+        help="PostgreSQL URL to create/drop the throwaway databases through "
+        "(default $SYNCD_BENCH_PG or postgresql://postgres@127.0.0.1:5432/postgres)",
+    )
+    args = parser.parse_args(argv)
+    if not 1 <= args.rows <= 100_000_000:
+        parser.error("--rows must be between 1 and 100,000,000")
+    if not 1 <= args.step_seconds <= 86_400:
+        parser.error("--step-seconds must be between 1 and 86400")
+    if args.timeout_minutes <= 0:
+        parser.error("--timeout-minutes must be positive")
+    args.plan = Plan(args.rows, args.step_seconds)
+    args.specs = [s.strip() for s in args.window_days.split(",") if s.strip()]
+    if not args.specs:
+        parser.error("--window-days: name at least one window size")
+    for spec in args.specs:
+        if spec != "all" and not (spec.isdigit() and int(spec) >= 1):
+            parser.error(f"--window-days: {spec!r} is neither `all` nor a number of days")
+        if args.plan.windows(spec) > MAX_WINDOWS:
+            parser.error(
+                f"--window-days {spec}: {args.plan.windows(spec)} exports over "
+                f"{args.plan.days} days would exceed GetCourse's budget (at most "
+                f"{MAX_WINDOWS} exports); use wider windows"
+            )
+    return args
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM (and a SIGINT that a background shell would ignore) unwind through the
+    # finally blocks: children are killed and the PostgreSQL databases dropped.
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
+    if not SYNCD.exists():
+        print(f"{SYNCD} not found: run this with the project's venv python", file=sys.stderr)
+        return 1
+    plan: Plan = args.plan
+    kinds = ["sqlite", "postgres"] if args.db == "all" else [args.db]
+    runs: list[Run] = []
+    print(f"machine: {machine()}", flush=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="syncd-bench-backfill-") as tmp:
+            workdir = Path(tmp)
+            for kind in kinds:
+                for spec in args.specs:
+                    label = f"{kind}-{spec}"
+                    print(
+                        f"\n--- {kind}, {plan.windows(spec)} export(s) of "
+                        f"{plan.window_days(spec)} days, {plan.rows:,} rows ---",
+                        flush=True,
+                    )
+                    with (
+                        sqlite_database(workdir, label)
+                        if kind == "sqlite"
+                        else postgres_database(args.pg_admin)
+                    ) as db:
+                        run = run_backfill(
+                            db, plan, spec, workdir, args.timeout_minutes * 60, label
+                        )
+                        describe(run)
+                    runs.append(run)
+    except BenchError as exc:
+        if runs:
+            summary(runs, plan)
+        print(f"\nFAIL: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        if runs:
+            summary(runs, plan)
+        print(
+            f"\ninterrupted ({exc or 'SIGINT'}): processes stopped, databases dropped",
+            file=sys.stderr,
+        )
+        return 130
+    summary(runs, plan)
+    return 1 if any(run.problems or run.exit_code != 0 for run in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
