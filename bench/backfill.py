@@ -31,7 +31,6 @@ import re
 import resource
 import shlex
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -45,6 +44,8 @@ from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
+
+from ingest import BenchError, cpu_seconds, free_port, proc_status, tail
 
 BENCH = Path(__file__).resolve().parent
 EXPORT_SERVER = BENCH / "big_export_server.py"
@@ -63,17 +64,7 @@ TARGET_ROWS_PER_SECOND = 20_000
 TARGET_RSS_MB = 100
 
 
-class BenchError(Exception):
-    """The benchmark could not produce a trustworthy figure."""
-
-
 # --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def http_status(url: str, timeout: float = 2) -> int:
@@ -82,34 +73,6 @@ def http_status(url: str, timeout: float = 2) -> int:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def proc_status(pid: int, key: str) -> int | None:
-    """A ``kB`` field of /proc/PID/status (VmHWM, VmRSS), in kB; None if unreadable."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    match = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) if match else None
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time the process has used so far."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Child:
