@@ -14,11 +14,10 @@ from typing import Any
 
 import httpx
 
+from syncd.clients.getcourse_export import raise_for_error
 from syncd.clients.http import send
 from syncd.errors import PermanentError, TransientError
 from syncd.events import truthy
-
-TRANSIENT_MESSAGES = ("слишком много запросов",)
 
 
 def encode_params(params: dict[str, Any]) -> str:
@@ -35,15 +34,6 @@ def _json(response: httpx.Response, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise PermanentError(f"{what}: unexpected answer shape")
     return data
-
-
-def _call_error(data: dict[str, Any], what: str) -> None:
-    if truthy(data.get("success")):
-        return
-    message = str(data.get("error_message") or data.get("error") or "unknown error")
-    if any(text in message.lower() for text in TRANSIENT_MESSAGES) or data.get("error_code") == 903:
-        raise TransientError(f"{what}: {message}")
-    raise PermanentError(f"{what}: {message}")
 
 
 class GetCourseClient:
@@ -63,7 +53,7 @@ class GetCourseClient:
             data={"key": self._key, "action": "add", "params": encode_params(params)},
         )
         data = _json(response, what)
-        _call_error(data, what)
+        raise_for_error(data, what)
         result = data.get("result")
         if not isinstance(result, dict):
             raise PermanentError(f"{what}: the answer has no result")
@@ -76,7 +66,7 @@ class GetCourseClient:
             self._http, what, "POST", f"{self._base}/pl/api/account/{path}", data={"key": self._key}
         )
         data = _json(response, what)
-        _call_error(data, what)
+        raise_for_error(data, what)
         info = data.get("info")
         if not isinstance(info, list):
             raise PermanentError(f"{what}: the answer has no info list")

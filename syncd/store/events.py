@@ -18,7 +18,7 @@ transaction under the identity lock (the same one links take):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,11 +48,11 @@ class Addressing:
     project_id: int
     bot_name: str
     wait_for_link: timedelta
+    #: The event kinds some rule is about (checked for every event, so computed once).
+    kinds: frozenset[str] = field(init=False)
 
-    @property
-    def kinds(self) -> frozenset[str]:
-        """The event kinds some rule is about."""
-        return frozenset(rule.event for rule in self.rules)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kinds", frozenset(rule.event for rule in self.rules))
 
 
 @dataclass(slots=True)
