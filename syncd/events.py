@@ -195,12 +195,19 @@ COLUMNS: dict[str, dict[str, str]] = {
 MONEY_FIELDS = frozenset({"cost", "paid_amount", "fee", "received"})
 #: GetCourse exports dates in the account's local time; Moscow unless told otherwise.
 ACCOUNT_UTC_OFFSET_HOURS = 3
+_ACCOUNT_OFFSET = timedelta(hours=ACCOUNT_UTC_OFFSET_HOURS)
+
+
+_SPACES = re.compile(r"[\s\u00a0\u202f]")
+_AMOUNT = re.compile(r"-?\d+(\.\d+)?")
 
 
 def money(text: str) -> str:
     """``"12 000,00"`` (spaces may be non-breaking) → ``"12000"``; ``"99,50"`` → ``"99.50"``."""
-    cleaned = re.sub(r"[\s\u00a0\u202f]", "", text).replace(",", ".")
-    if not re.fullmatch(r"-?\d+(\.\d+)?", cleaned):
+    if text.isascii() and text.isdigit():  # most cells of a big export: nothing to clean
+        return text
+    cleaned = _SPACES.sub("", text).replace(",", ".")
+    if not _AMOUNT.fullmatch(cleaned):
         raise InvalidInput("invalid_row", f"not an amount of money: {text!r}")
     whole, _, fraction = cleaned.partition(".")
     return whole if not fraction.strip("0") else f"{whole}.{fraction.ljust(2, '0')}"
@@ -216,7 +223,7 @@ def local_time(text: str) -> datetime | None:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidInput("invalid_row", f"not a date: {text!r}") from None
-    return moment.replace(tzinfo=UTC) - timedelta(hours=ACCOUNT_UTC_OFFSET_HOURS)
+    return moment.replace(tzinfo=UTC) - _ACCOUNT_OFFSET
 
 
 @lru_cache(maxsize=64)
@@ -232,6 +239,7 @@ def column_plan(export: str, fields: tuple[str, ...]) -> tuple[tuple[str, bool],
     return tuple(plan)
 
 
+@lru_cache(maxsize=64)
 def _currency(fields: tuple[str, ...]) -> str | None:
     """«Стоимость, RUB» → ``RUB``."""
     for title in fields:
@@ -274,9 +282,8 @@ def from_export_row(
         raise InvalidInput("invalid_row", "the row has neither Email nor a user id")
 
     def event(kind: str, external_id: str, occurred: str | None) -> NewEvent:
-        return NewEvent(
-            kind, external_id, source, email, user_id, local_time(occurred or ""), dict(data)
-        )
+        # the events of a row share its data (stored once per row by the event store)
+        return NewEvent(kind, external_id, source, email, user_id, local_time(occurred or ""), data)
 
     if export == "users":
         return [

@@ -361,3 +361,48 @@ def test_listed_fields_may_be_used() -> None:
     )
     rendered = rule.render({"promo": "SALE"})
     assert not isinstance(rendered, str) and rendered.message == "{x} SALE"
+
+
+DEAL_FIELDS = [
+    "ID заказа", "Номер", "ID пользователя", "Пользователь", "Email", "Дата создания",
+    "Дата оплаты", "Статус", "Стоимость, RUB",
+]  # fmt: skip
+
+
+def deal_row(i: int) -> list[str]:
+    paid = i % 3 == 0
+    return [
+        str(7000 + i), str(100 + i), str(500 + i % 7), f"Покупатель {i % 7}",
+        f"Buyer{i % 7}@School.ru", "2024-03-01 12:30:00", "2024-03-02 09:00:00" if paid else "",
+        "payed" if paid else "new", "12 000,00",
+    ]  # fmt: skip
+
+
+async def test_a_big_batch_is_stored_as_given_and_repeats_are_duplicates(
+    engine: AsyncEngine,
+) -> None:
+    """The bulk write path (many rows per statement, values converted once per row)."""
+    from syncd.daemon import addressing
+    from syncd.events import from_export_row
+    from syncd.store.dialect import ROWS_PER_STATEMENT
+    from syncd.store.events import EventStore
+
+    store = EventStore(engine, addressing(config()))
+    events = [e for i in range(1500) for e in from_export_row("deals", DEAL_FIELDS, deal_row(i))]
+    assert len(events) > 2 * ROWS_PER_STATEMENT  # several statements in one batch
+    first = await store.ingest(events[:100])
+    assert not any(r.duplicate for r in first)
+    results = await store.ingest(events)  # the first 100 again, then new ones
+    assert [r.duplicate for r in results] == [True] * 100 + [False] * (len(events) - 100)
+    assert [r.event_id for r in results[:100]] == [r.event_id for r in first]
+    assert len({r.event_id for r in results}) == len(events)
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(Event)) == len(events)
+        people = await conn.scalar(select(func.count(func.distinct(Event.identity_id))))
+    assert people == 7  # one identity per buyer, found again in later batches
+    paid = [e for e in await listing(engine, "deal.paid", 5000) if e["external_id"] == "7003"]
+    (event,) = paid
+    assert event["occurred_at"] == "2024-03-02T06:00:00+00:00"  # Moscow time → UTC
+    assert event["email"] == "buyer3@school.ru" and event["gc_user_id"] == 503
+    assert event["data"]["user_name"] == "Покупатель 3" and event["data"]["cost"] == "12000"
+    assert event["status"] == "waiting_link"  # the rule needs a client id nobody has yet

@@ -17,18 +17,19 @@ transaction under the identity lock (the same one links take):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncd.events import NewEvent
 from syncd.identity import Person
 from syncd.rules import Rendered, Rule
-from syncd.store.dialect import insert_ignoring
+from syncd.store.dialect import bind_processors, insert_new
 from syncd.store.errors import translated
 from syncd.store.links import identity_transaction, load_people
 from syncd.store.models import Delivery, Event, Identity, IdentityChange, utcnow
@@ -88,10 +89,44 @@ def apply_rules(
     return outcome
 
 
+EVENTS = cast(Table, Event.__table__)
+#: The columns :meth:`EventStore.ingest` writes, in the order of its value tuples.
+EVENT_COLUMNS = (
+    "kind", "external_id", "occurred_at", "received_at", "email", "gc_user_id", "identity_id",
+    "data", "source", "status", "wait_until", "notes",
+)  # fmt: skip
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _ToDriver:
+    """How the event columns that need it become driver values (SQLAlchemy's own types)."""
+
+    time: Callable[[datetime], Any]
+    data: Callable[[dict[str, Any]], Any]
+
+    @classmethod
+    def for_dialect(cls, dialect: Dialect) -> _ToDriver:
+        converters = bind_processors(dialect, EVENTS, EVENT_COLUMNS)
+        procs = dict(zip(EVENT_COLUMNS, converters, strict=True))
+        plain = [name for name in EVENT_COLUMNS if name not in _CONVERTED and procs[name]]
+        if plain:  # strings and integers go to both drivers as they are
+            raise RuntimeError(f"events: unexpected bind processing of {plain}")
+        assert procs["occurred_at"] is not None  # UTCDateTime always converts
+        return cls(procs["occurred_at"], procs["data"] or _as_is)
+
+
+_CONVERTED = frozenset({"occurred_at", "received_at", "wait_until", "data"})
+
+
 class EventStore:
     def __init__(self, engine: AsyncEngine, addressing: Addressing) -> None:
         self.engine = engine
         self.addressing = addressing
+        self._to_db = _ToDriver.for_dialect(engine.dialect)
         #: How many deliveries committed batches enqueued (for waking a dispatcher).
         self.enqueued = 0
 
@@ -121,49 +156,59 @@ class EventStore:
             fresh.setdefault(key, event)
         people = await self._people(conn, list(fresh.values()), now)
         rows, outcomes = [], {}
+        to_db = self._to_db
+        received_at = to_db.time(now)
+        wait_until = to_db.time(now + self.addressing.wait_for_link)
+        kinds = self.addressing.kinds
+        texts: dict[int, Any] = {}  # the events of one export row share their data
         for (kind, external_id), event in fresh.items():
             person = _person_for(event, people)
-            data = {**event.data, "kind": kind, "external_id": external_id}
-            outcome = apply_rules(data, kind, person, self.addressing)
-            outcomes[(kind, external_id)] = (person, data, outcome)
+            if kind in kinds:
+                data = {**event.data, "kind": kind, "external_id": external_id}
+                outcome = apply_rules(data, kind, person, self.addressing)
+                outcomes[(kind, external_id)] = (person, data, outcome)
+                status, notes = outcome.status, "; ".join(outcome.notes)
+            else:
+                status, notes = "done", ""
+            text = texts.get(id(event.data))
+            if text is None:
+                text = texts[id(event.data)] = to_db.data(event.data)
             rows.append(
-                {
-                    "kind": kind,
-                    "external_id": external_id,
-                    "occurred_at": event.occurred_at,
-                    "received_at": now,
-                    "email": event.email,
-                    "gc_user_id": event.gc_user_id,
-                    "identity_id": person.id if person is not None else None,
-                    "data": event.data,
-                    "source": event.source,
-                    "status": outcome.status,
-                    "wait_until": now + self.addressing.wait_for_link
-                    if outcome.status == "waiting_link"
-                    else None,
-                    "notes": "; ".join(outcome.notes),
-                }
+                (
+                    kind,
+                    external_id,
+                    to_db.time(event.occurred_at) if event.occurred_at is not None else None,
+                    received_at,
+                    event.email,
+                    event.gc_user_id,
+                    person.id if person is not None else None,
+                    text,
+                    event.source,
+                    status,
+                    wait_until if status == "waiting_link" else None,
+                    notes,
+                )
             )
         new_ids: dict[tuple[str, str], int] = {}
         if rows:  # the unique (kind, external_id) decides what is new, in this statement
-            inserted = await conn.execute(
-                insert_ignoring(conn, Event, "kind", "external_id").returning(
-                    Event.id, Event.kind, Event.external_id
-                ),
-                rows,
-            )
+            inserted = await insert_new(
+                conn, EVENTS, EVENT_COLUMNS, rows, ("kind", "external_id"),
+                ("id", "kind", "external_id"),
+            )  # fmt: skip
             new_ids = {(kind, external_id): event_id for event_id, kind, external_id in inserted}
         repeats = set(fresh) - set(new_ids)
         stored = await _existing(conn, repeats) if repeats and duplicate_ids else {}
         deliveries = []
         for key, event_id in new_ids.items():
-            person, data, outcome = outcomes[key]
-            deliveries += _deliveries(event_id, person, data, outcome)
+            if key in outcomes:
+                person, data, outcome = outcomes[key]
+                deliveries += _deliveries(event_id, person, data, outcome)
         await enqueue(conn, deliveries, now)
         results, seen = [], set()
         for key in keys:
             if key in new_ids:  # a repeat within the batch is a duplicate of the first
-                results.append(IngestResult(new_ids[key], key in seen, outcomes[key][2].status))
+                status = outcomes[key][2].status if key in outcomes else "done"
+                results.append(IngestResult(new_ids[key], key in seen, status))
                 seen.add(key)
             else:
                 event_id, status = stored.get(key, (0, "duplicate"))
@@ -174,9 +219,14 @@ class EventStore:
         self, conn: AsyncConnection, events: list[NewEvent], now: datetime
     ) -> dict[str, dict[Any, Person]]:
         """The persons of ``events`` by email and gc_user_id, creating and learning."""
-        emails = {e.email for e in events if e.email}
         gc_ids = {e.gc_user_id for e in events if e.gc_user_id is not None}
-        found = await load_people(conn, emails=emails, gc_user_ids=gc_ids)
+        found = await load_people(conn, gc_user_ids=gc_ids) if gc_ids else []
+        known = {p.gc_user_id for p in found}
+        # an event whose gc_user_id is known is that person's; only the others need emails
+        emails = {e.email for e in events if e.email and e.gc_user_id not in known}
+        if emails:
+            ids = {p.id for p in found}
+            found += [p for p in await load_people(conn, emails=emails) if p.id not in ids]
         by_email = {p.email: p for p in found}
         by_gc = {p.gc_user_id: p for p in found if p.gc_user_id is not None}
         create: dict[str, int | None] = {}

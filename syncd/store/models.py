@@ -170,9 +170,13 @@ class Event(Base):
     __tablename__ = "events"
     __table_args__ = (
         UniqueConstraint("kind", "external_id"),
-        Index("ix_events_status_identity_id", "status", "identity_id"),
-        Index("ix_events_gc_user_id", "gc_user_id"),
-        Index("ix_events_received_at", "received_at"),
+        # the only secondary index: every index is written for every event (migration 0005)
+        Index(
+            "ix_events_waiting_link",
+            "identity_id",
+            sqlite_where=text("status = 'waiting_link'"),
+            postgresql_where=text("status = 'waiting_link'"),
+        ),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     kind: Mapped[str] = mapped_column(String(64))
