@@ -39,7 +39,7 @@ from syncd.poller import Poller, jobs
 from syncd.ratelimit import RateLimiter
 from syncd.retry import BackoffPolicy
 from syncd.rules import compile_rules
-from syncd.store import migrate
+from syncd.store import schema
 from syncd.store.engine import create_engine, safe_url
 from syncd.store.errors import translated
 from syncd.store.events import Addressing, EventStore, IngestResult, expire_waiting
@@ -60,9 +60,13 @@ class _Server(uvicorn.Server):
 
 async def prepare_schema(engine: AsyncEngine, auto_migrate: bool) -> None:
     async with translated():
+        if await schema.at_head(engine):
+            return
         if auto_migrate:
+            from syncd.store import migrate  # Alembic, loaded only to migrate
+
             await migrate.upgrade(engine)
-        elif not await migrate.at_head(engine):
+        else:
             raise SchemaNotReady("the database is not at the migration head: run `syncd migrate`")
 
 

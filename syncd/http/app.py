@@ -27,7 +27,7 @@ from syncd.http.params import BodyTooLarge, read_params
 from syncd.identity import normalise_link
 from syncd.logs import mask_email
 from syncd.metrics import Metrics, Timed
-from syncd.store import exports, migrate
+from syncd.store import exports, schema
 from syncd.store import outbox as outbox_store
 from syncd.store.events import IngestResult
 from syncd.store.links import LinkRequest, LinkResult
@@ -125,10 +125,10 @@ def create_app(ctx: AppContext) -> ASGIApp:
     async def readyz(_: Request) -> Response:
         try:
             async with asyncio.timeout(5):  # reading the revision proves the store answers
-                current = await migrate.current(ctx.engine)
+                current = await schema.current(ctx.engine)
         except Exception as exc:
             return failure(503, "unavailable", f"database: {type(exc).__name__}")
-        if current != migrate.heads():
+        if current != {schema.HEAD}:
             return failure(503, "unavailable", "migrations are not at head: run `syncd migrate`")
         return JSONResponse({"success": True, "status": "ready", "revision": sorted(current)})
 
