@@ -198,7 +198,8 @@ ACCOUNT_UTC_OFFSET_HOURS = 3
 _ACCOUNT_OFFSET = timedelta(hours=ACCOUNT_UTC_OFFSET_HOURS)
 
 
-_SPACES = re.compile(r"[\s\u00a0\u202f]")
+#: Every whitespace character (what ``\s`` matches; U+3000 is the highest), removed.
+_NO_SPACES = {code: None for code in range(0x3001) if chr(code).isspace()}
 _AMOUNT = re.compile(r"-?\d+(\.\d+)?")
 
 
@@ -206,7 +207,7 @@ def money(text: str) -> str:
     """``"12 000,00"`` (spaces may be non-breaking) → ``"12000"``; ``"99,50"`` → ``"99.50"``."""
     if text.isascii() and text.isdigit():  # most cells of a big export: nothing to clean
         return text
-    cleaned = _SPACES.sub("", text).replace(",", ".")
+    cleaned = text.translate(_NO_SPACES).replace(",", ".")
     if not _AMOUNT.fullmatch(cleaned):
         raise InvalidInput("invalid_row", f"not an amount of money: {text!r}")
     whole, _, fraction = cleaned.partition(".")
@@ -256,7 +257,9 @@ def read_row(export: str, fields: list[str], row: list[Any]) -> dict[str, Any]:
     header = tuple(fields)
     data: dict[str, Any] = {}
     for (name, is_money), cell in zip(column_plan(export, header), row, strict=True):
-        text = "" if cell is None else str(cell).strip()
+        if cell is None:
+            continue
+        text = cell.strip() if type(cell) is str else str(cell).strip()
         if text:
             data[name] = money(text) if is_money else text
     if "cost" in data:

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import AiohttpResponseStream
 
 from syncd.errors import PermanentError, TransientError
 
@@ -37,6 +38,10 @@ def new_http_client(timeout: httpx.Timeout = TIMEOUT) -> httpx.AsyncClient:
         timeout=timeout, follow_redirects=False, transport=FastTransport(limits=LIMITS)
     )
 
+
+# The adapter reads response bodies in 16 KiB pieces, each passing up four generators;
+# an export is hundreds of megabytes, read in 64 KiB chunks (getcourse_export.CHUNK).
+AiohttpResponseStream.CHUNK_SIZE = 64 * 1024
 
 #: What the aiohttp transport may raise, in its requests and its response bodies.
 _FAILURES = (TimeoutError, httpx.TransportError, aiohttp.ClientError)
