@@ -19,7 +19,7 @@ from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncd import __version__, config, logs
-from syncd.errors import ConfigError, InvalidInput, SchemaNotReady, SyncdError
+from syncd.errors import ConfigError, InvalidInput, SyncdError
 
 Command = Callable[[argparse.Namespace, config.Settings], Coroutine[Any, Any, int]]
 
@@ -39,17 +39,14 @@ def dump(data: Any) -> None:
 @asynccontextmanager
 async def open_store(settings: config.Settings) -> AsyncIterator[AsyncEngine]:
     """The database, checked to be at the migration head."""
-    from syncd.store import migrate
+    from syncd.store import schema
     from syncd.store.engine import create_engine
     from syncd.store.errors import translated
 
     engine = create_engine(settings.database.url)
     try:
         async with translated():
-            if not await migrate.at_head(engine):
-                raise SchemaNotReady(
-                    "the database is not at the migration head: run `syncd migrate`"
-                )
+            await schema.require_head(engine)
         yield engine
     finally:
         await engine.dispose()

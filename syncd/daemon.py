@@ -29,7 +29,7 @@ from syncd.clients.getcourse import GetCourseClient
 from syncd.clients.http import new_http_client
 from syncd.clients.salebot import SalebotClient
 from syncd.config import Settings
-from syncd.errors import ConfigError, PermanentError, SchemaNotReady, StoreUnavailable
+from syncd.errors import ConfigError, PermanentError, StoreUnavailable
 from syncd.events import NewEvent
 from syncd.http.app import AppContext, create_app
 from syncd.metrics import Metrics
@@ -60,14 +60,12 @@ class _Server(uvicorn.Server):
 
 async def prepare_schema(engine: AsyncEngine, auto_migrate: bool) -> None:
     async with translated():
-        if await schema.at_head(engine):
-            return
-        if auto_migrate:
+        if not auto_migrate:
+            await schema.require_head(engine)
+        elif not await schema.at_head(engine):
             from syncd.store import migrate  # Alembic, loaded only to migrate
 
             await migrate.upgrade(engine)
-        else:
-            raise SchemaNotReady("the database is not at the migration head: run `syncd migrate`")
 
 
 def listen(host: str, port: int) -> socket.socket:
