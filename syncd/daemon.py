@@ -140,13 +140,13 @@ Out = TypeVar("Out")
 
 
 def waking(
-    apply: Callable[[Sequence[In]], Awaitable[list[Out]]],
+    apply: Callable[[Sequence[In]], Awaitable[Out]],
     store: _Enqueues,
     dispatcher: Dispatcher,
-) -> Callable[[Sequence[In]], Awaitable[list[Out]]]:
+) -> Callable[[Sequence[In]], Awaitable[Out]]:
     """``apply``, then wake the dispatcher if the store enqueued deliveries."""
 
-    async def applied(batch: Sequence[In]) -> list[Out]:
+    async def applied(batch: Sequence[In]) -> Out:
         before = store.enqueued
         results = await apply(batch)
         if store.enqueued != before:
@@ -166,6 +166,21 @@ def counted(
         for event, result in zip(batch, results, strict=True):
             metrics.events.labels(event.kind, event.source, str(result.duplicate).lower()).inc()
         return results
+
+    return ingested
+
+
+def counted_new(
+    ingest: Callable[[Sequence[NewEvent]], Awaitable[Counter[tuple[str, str, bool]]]],
+    metrics: Metrics,
+) -> Callable[[Sequence[NewEvent]], Awaitable[Counter[tuple[str, str, bool]]]]:
+    """:func:`counted` for the poller's ingest, which answers with counts."""
+
+    async def ingested(batch: Sequence[NewEvent]) -> Counter[tuple[str, str, bool]]:
+        counts = await ingest(batch)
+        for (kind, source, repeat), n in counts.items():
+            metrics.events.labels(kind, source, str(repeat).lower()).inc(n)
+        return counts
 
     return ingested
 
@@ -228,7 +243,9 @@ async def serve_until(settings: Settings, stop: asyncio.Event) -> None:
         scheduler.add_job(_expire, "interval", seconds=60, args=[engine], id="expire-waiting")
         poll = settings.getcourse.poll
         if poll.interval.total_seconds() > 0 and settings.getcourse.api_key:
-            poll_events = counted(waking(event_store.ingest_new, event_store, dispatcher), metrics)
+            poll_events = counted_new(
+                waking(event_store.ingest_new, event_store, dispatcher), metrics
+            )
             poller = Poller(
                 engine, http, settings.getcourse.url, settings.getcourse.api_key, poll_events
             )

@@ -406,3 +406,79 @@ async def test_a_big_batch_is_stored_as_given_and_repeats_are_duplicates(
     assert event["email"] == "buyer3@school.ru" and event["gc_user_id"] == 503
     assert event["data"]["user_name"] == "Покупатель 3" and event["data"]["cost"] == "12000"
     assert event["status"] == "waiting_link"  # the rule needs a client id nobody has yet
+
+
+async def test_the_pollers_ingest_counts_new_and_repeats_and_delivers(
+    engine: AsyncEngine,
+) -> None:
+    """The poller's write path: no answer per event, counts by kind; rules still deliver."""
+    from collections import Counter
+
+    from syncd.daemon import addressing
+    from syncd.events import from_export_row
+    from syncd.identity import LinkClaim
+    from syncd.store.events import EventStore
+    from syncd.store.linkplan import LinkRequest
+    from syncd.store.links import LinkStore
+
+    claim = LinkClaim("buyer3@school.ru", None, P, 903)
+    await LinkStore(engine, "reject").apply([LinkRequest(claim, "test")])
+    store = EventStore(engine, addressing(config()))
+    events = [e for i in range(1500) for e in from_export_row("deals", DEAL_FIELDS, deal_row(i))]
+    first = await store.ingest_new(events[:300])
+    assert first == Counter((e.kind, "poller", False) for e in events[:300])
+    # a later, overlapping export: 300 stored already, 5 repeated within the batch
+    second = await store.ingest_new(events + events[:5])
+    expected = Counter((e.kind, "poller", False) for e in events[300:])
+    expected.update((e.kind, "poller", True) for e in events[:300] + events[:5])
+    assert second == expected
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(Event)) == len(events)
+        keys = {
+            i: (k, x)
+            for i, k, x in await conn.execute(select(Event.id, Event.kind, Event.external_id))
+        }
+        made = (await conn.execute(select(Delivery.dedupe_key, Delivery.payload))).all()
+    # deal.paid of buyer 3 (the one with a client id), each once, for its own event (the
+    # dedupe key names the event): number and client id are that deal's
+    sent = sorted(
+        (keys[int(key.split(":")[1])], p["gc_deal_number"], p["client_id"]) for key, p in made
+    )
+    paid = [i for i in range(1500) if i % 3 == 0 and i % 7 == 3]
+    assert sent == [(("deal.paid", str(7000 + i)), str(100 + i), 903) for i in paid]
+    assert store.enqueued == len(paid)
+
+
+def test_sqlite_times_are_written_as_sqlalchemy_writes_them() -> None:
+    """The event log's one-step time formatting matches SQLAlchemy's own conversion."""
+    import random
+    from datetime import UTC, datetime, timezone
+
+    from sqlalchemy.dialects import sqlite
+
+    from syncd.store.dialect import bind_processors
+    from syncd.store.events import EVENTS, _sqlite_time, _ToDriver
+
+    assert _ToDriver.for_dialect(sqlite.dialect()).time is _sqlite_time
+    (reference,) = bind_processors(sqlite.dialect(), EVENTS, ["occurred_at"])
+    rng = random.Random(7)
+    for _ in range(2000):
+        zone = timezone(timedelta(minutes=rng.randrange(-12 * 60, 14 * 60, 15)))
+        moment = datetime.fromtimestamp(rng.uniform(-2e9, 4e9), UTC).astimezone(zone)
+        moment = moment.replace(microsecond=rng.choice([0, rng.randrange(1_000_000)]))
+        assert _sqlite_time(moment) == reference(moment)
+    with pytest.raises(ValueError, match="naive"):
+        _sqlite_time(datetime(2024, 1, 1))  # naive: the mistake under test
+
+
+async def test_event_data_keeps_what_orjson_refuses(engine: AsyncEngine) -> None:
+    """Data is JSON text by orjson; an integer beyond 64 bits still goes in (and comes out)."""
+    from syncd.daemon import addressing
+    from syncd.events import NewEvent
+    from syncd.store.events import EventStore
+
+    data = {"deal_id": "1", "title": "Курс «Основы»", "big": 2**70, "nested": {"n": [1, None]}}
+    store = EventStore(engine, addressing(config()))
+    await store.ingest([NewEvent("deal.created", "1", "webhook", "a@school.ru", None, None, data)])
+    (event,) = await listing(engine, "deal.created", 10)
+    assert event["data"] == data

@@ -55,3 +55,26 @@ async def test_metrics_count_what_happened(engine: AsyncEngine) -> None:
     assert {"/v1/links", "/v1/getcourse/events/{event}"} <= routes
     assert routes <= {"/v1/links", "/v1/getcourse/events/{event}", "/metrics"}  # templates only
     assert TOKEN not in answer.text
+
+
+async def test_polled_events_are_counted_by_kind_and_repeat(engine: AsyncEngine) -> None:
+    from prometheus_client import generate_latest
+
+    from syncd.config import Settings
+    from syncd.daemon import addressing, counted_new
+    from syncd.events import from_export_row
+    from syncd.store.events import EventStore
+    from tests.test_events import DEAL_FIELDS, deal_row
+
+    metrics = Metrics()
+    store = EventStore(engine, addressing(Settings()))
+    ingest = counted_new(store.ingest_new, metrics)
+    events = [e for i in range(3) for e in from_export_row("deals", DEAL_FIELDS, deal_row(i))]
+    await ingest(events)
+    await ingest(events[:2])  # deal 7000 (created + paid) again
+    got = samples(generate_latest(metrics.registry).decode())
+    created = (("duplicate", "false"), ("kind", "deal.created"), ("source", "poller"))
+    assert got[("syncd_events_total", created)] == 3
+    assert got[("syncd_events_total", (("duplicate", "true"), *created[1:]))] == 1
+    paid = (("duplicate", "true"), ("kind", "deal.paid"), ("source", "poller"))
+    assert got[("syncd_events_total", paid)] == 1

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from functools import lru_cache
+from itertools import chain
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import ARRAY, ColumnElement, Table, any_, bindparam, cast, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from syncd.store.engine import json_text
 
 
 def insert_ignoring(conn: AsyncConnection, model: Any, *unique: str) -> Any:
@@ -17,6 +20,20 @@ def insert_ignoring(conn: AsyncConnection, model: Any, *unique: str) -> Any:
     if conn.dialect.name == "postgresql":
         return postgresql.insert(model).on_conflict_do_nothing(index_elements=list(unique))
     return sqlite.insert(model).on_conflict_do_nothing(index_elements=list(unique))
+
+
+def one_of(conn: AsyncConnection, column: Any, values: Collection[Any]) -> ColumnElement[bool]:
+    """``column IN (values)`` with the values in one bound parameter.
+
+    SQLAlchemy's ``in_`` binds each value apart and renders the list into the statement on
+    every execution: for the 1,000 user ids of an export chunk, ~2 ms of the event loop's
+    time. One parameter — an array on PostgreSQL, a JSON array read by ``json_each`` on
+    SQLite — keeps the compiled statement cached; both still search the column's index.
+    """
+    if conn.dialect.name == "postgresql":
+        return column == any_(cast(bindparam(None, list(values)), ARRAY(column.type)))  # type: ignore[no-any-return]
+    listed = func.json_each(bindparam(None, json_text(list(values)))).table_valued("value")
+    return column.in_(select(listed.c.value))  # type: ignore[no-any-return]
 
 
 #: Rows per multi-row statement of :func:`insert_new`: 12 columns x 1,000 rows stays under
@@ -42,10 +59,11 @@ def _insert_new_sql(
     one = "(" + ", ".join([mark] * len(columns)) + ")"
     # names come from syncd's own table definitions, never from input; values are bound
     values = ", ".join([one] * rows)
-    return (
+    sql = (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} "  # noqa: S608
-        f"ON CONFLICT ({', '.join(unique)}) DO NOTHING RETURNING {', '.join(returning)}"
+        f"ON CONFLICT ({', '.join(unique)}) DO NOTHING"
     )
+    return f"{sql} RETURNING {', '.join(returning)}" if returning else sql
 
 
 async def insert_new(
@@ -63,13 +81,32 @@ async def insert_new(
     up to :data:`ROWS_PER_STATEMENT` rows — no per-value work in SQLAlchemy, one round
     trip to the database thread per statement. The returned rows are the inserted ones.
     """
-    found: list[tuple[Any, ...]] = []
+    found: list[Any] = []
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         part = rows[start : start + ROWS_PER_STATEMENT]
         sql = _insert_new_sql(
             conn.dialect.name, table.name, tuple(columns), tuple(unique), tuple(returning),
             len(part),
         )  # fmt: skip
-        result = await conn.exec_driver_sql(sql, tuple(value for row in part for value in row))
-        found += [tuple(r) for r in result]
+        result = await conn.exec_driver_sql(sql, tuple(chain.from_iterable(part)))
+        found += result.all()
     return found
+
+
+async def insert_counted(
+    conn: AsyncConnection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    unique: Sequence[str],
+) -> int:
+    """:func:`insert_new` returning only how many rows were inserted (no row back)."""
+    count = 0
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        part = rows[start : start + ROWS_PER_STATEMENT]
+        sql = _insert_new_sql(
+            conn.dialect.name, table.name, tuple(columns), tuple(unique), (), len(part)
+        )
+        result = await conn.exec_driver_sql(sql, tuple(chain.from_iterable(part)))
+        count += result.rowcount
+    return count

@@ -7,8 +7,10 @@ the read and the write see one state; on PostgreSQL the caller takes an advisory
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import orjson
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError
@@ -38,8 +40,21 @@ def safe_url(url: str | URL) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def json_text(value: Any) -> str:
+    """A JSON column's value as text: orjson, or the standard library for what it refuses.
+
+    orjson writes UTF-8 as is (no ``\\uXXXX``), without spaces; it refuses integers beyond
+    64 bits, which a webhook body could carry. Both read back the same.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     target = database_url(url)
+    kwargs.setdefault("json_serializer", json_text)
     if target.get_backend_name() == "sqlite":
         engine = create_async_engine(target, **kwargs)
         _sqlite_pragmas(engine)

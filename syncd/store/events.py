@@ -17,27 +17,33 @@ transaction under the identity lock (the same one links take):
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, cast
+from datetime import UTC, datetime, timedelta, timezone
+from operator import attrgetter
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncd.events import NewEvent
 from syncd.identity import Person
 from syncd.rules import Rendered, Rule
-from syncd.store.dialect import bind_processors, insert_new
+from syncd.store.dialect import bind_processors, insert_counted, insert_new
 from syncd.store.errors import translated
 from syncd.store.links import identity_transaction, load_people
 from syncd.store.models import Delivery, Event, Identity, IdentityChange, utcnow
 from syncd.store.outbox import NewDelivery, enqueue
 
 
-@dataclass(frozen=True, slots=True)
-class IngestResult:
+class IngestResult(NamedTuple):
+    """What became of one event: its id, whether it was a repeat, and its status.
+
+    A named tuple, not a frozen dataclass: one is made per event, 1.7 M in a backfill.
+    """
+
     event_id: int
     duplicate: bool
     status: str
@@ -115,11 +121,51 @@ class _ToDriver:
         plain = [name for name in EVENT_COLUMNS if name not in _CONVERTED and procs[name]]
         if plain:  # strings and integers go to both drivers as they are
             raise RuntimeError(f"events: unexpected bind processing of {plain}")
-        assert procs["occurred_at"] is not None  # UTCDateTime always converts
-        return cls(procs["occurred_at"], procs["data"] or _as_is)
+        time = procs["occurred_at"]
+        assert time is not None  # UTCDateTime always converts
+        if dialect.name == "sqlite" and _same_text(time, _sqlite_time):
+            time = _sqlite_time
+        return cls(time, procs["data"] or _as_is)
+
+
+def _sqlite_time(value: datetime) -> str:
+    """A UTC moment as SQLite's DATETIME stores it, in one formatting step.
+
+    The same text as SQLAlchemy's processors (``UTCDateTime``, then SQLite's DATETIME)
+    at less than half the cost, which counts at 1.7 M events a backfill;
+    :meth:`_ToDriver.for_dialect` checks the two agree before using this one.
+    """
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]
+
+
+def _same_text(reference: Callable[[datetime], Any], fast: Callable[[datetime], str]) -> bool:
+    samples = (
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(2024, 2, 29, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2026, 11, 25, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=3))),
+    )
+    return all(reference(moment) == fast(moment) for moment in samples)
 
 
 _CONVERTED = frozenset({"occurred_at", "received_at", "wait_until", "data"})
+
+
+UNIQUE = ("kind", "external_id")
+_KIND_SOURCE = attrgetter("kind", "source")
+
+
+@dataclass(slots=True)
+class _Batch:
+    """A batch of events ready to be written (see :meth:`EventStore._prepare`)."""
+
+    keys: list[tuple[str, str]]  # every event's, in order
+    fresh: dict[tuple[str, str], NewEvent]  # the first of each key
+    rows: list[tuple[Any, ...]]  # per fresh event: EVENT_COLUMNS' values, for the driver
+    outcomes: dict[tuple[str, str], tuple[Person | None, dict[str, Any], _Outcome]]
 
 
 class EventStore:
@@ -130,37 +176,101 @@ class EventStore:
         #: How many deliveries committed batches enqueued (for waking a dispatcher).
         self.enqueued = 0
 
-    async def ingest(
-        self, events: Sequence[NewEvent], *, duplicate_ids: bool = True
-    ) -> list[IngestResult]:
-        """Store new events, apply the rules to them; repeats are answered duplicate.
-
-        ``duplicate_ids=False`` (the poller) skips looking up the stored id and status of
-        repeats: their results carry ``event_id`` 0.
-        """
+    async def ingest(self, events: Sequence[NewEvent]) -> list[IngestResult]:
+        """Store new events, apply the rules to them; repeats are answered duplicate."""
         async with identity_transaction(self.engine) as conn:
-            results, enqueued = await self._ingest(conn, events, utcnow(), duplicate_ids)
+            results, enqueued = await self._ingest(conn, events, utcnow())
         self.enqueued += enqueued
         return results
 
-    async def ingest_new(self, events: Sequence[NewEvent]) -> list[IngestResult]:
-        """:meth:`ingest` for the poller, which has no use for the ids of repeats."""
-        return await self.ingest(events, duplicate_ids=False)
+    async def ingest_new(self, events: Sequence[NewEvent]) -> Counter[tuple[str, str, bool]]:
+        """:meth:`ingest` for the poller, which needs no answer per event.
+
+        Returns how many events there were per ``(kind, source, repeat)``. It asks the
+        database for no row per event: that made ~30% of a backfill's database time.
+        """
+        async with identity_transaction(self.engine) as conn:
+            counts, enqueued = await self._ingest_counted(conn, events, utcnow())
+        self.enqueued += enqueued
+        return counts
 
     async def _ingest(
-        self, conn: AsyncConnection, events: Sequence[NewEvent], now: datetime, duplicate_ids: bool
+        self, conn: AsyncConnection, events: Sequence[NewEvent], now: datetime
     ) -> tuple[list[IngestResult], int]:
+        batch = await self._prepare(conn, events, now)
+        new_ids: dict[tuple[str, str], int] = {}
+        if batch.rows:  # the unique (kind, external_id) decides what is new, in this statement
+            inserted = await insert_new(
+                conn, EVENTS, EVENT_COLUMNS, batch.rows, UNIQUE, ("id", "kind", "external_id"),
+            )  # fmt: skip
+            new_ids = {(kind, external_id): event_id for event_id, kind, external_id in inserted}
+        repeats = set(batch.fresh) - set(new_ids)
+        stored = await _existing(conn, repeats) if repeats else {}
+        enqueued = await self._enqueue(conn, batch, new_ids, now)
+        results, seen = [], set()
+        for key in batch.keys:
+            if key in new_ids:  # a repeat within the batch is a duplicate of the first
+                status = batch.outcomes[key][2].status if key in batch.outcomes else "done"
+                results.append(IngestResult(new_ids[key], key in seen, status))
+                seen.add(key)
+            else:
+                event_id, status = stored.get(key, (0, "duplicate"))
+                results.append(IngestResult(event_id, True, status))
+        return results, enqueued
+
+    async def _ingest_counted(
+        self, conn: AsyncConnection, events: Sequence[NewEvent], now: datetime
+    ) -> tuple[Counter[tuple[str, str, bool]], int]:
+        batch = await self._prepare(conn, events, now)
+        counts = Counter({(*key, True): n for key, n in Counter(map(_KIND_SOURCE, events)).items()})
+        if not batch.rows:
+            return counts, 0
+        # Every insert into events happens in an identity transaction (this one holds the
+        # lock), so the rows with an id above the highest one now are this batch's own.
+        before = (await conn.execute(select(func.max(Event.id)))).scalar() or 0
+        added = await insert_counted(conn, EVENTS, EVENT_COLUMNS, batch.rows, UNIQUE)
+        if added == len(batch.fresh):  # all new: the usual backfill
+            new = Counter(map(_KIND_SOURCE, batch.fresh.values()))
+        else:
+            found = await conn.execute(
+                select(Event.kind, Event.source, func.count())
+                .where(Event.id > before)
+                .group_by(Event.kind, Event.source)
+            )
+            new = Counter({(kind, source): n for kind, source, n in found})
+        for (kind, source), n in new.items():
+            counts[(kind, source, True)] -= n
+            counts[(kind, source, False)] += n
+        new_ids: dict[tuple[str, str], int] = {}
+        wanted = {key for key, (_, _, outcome) in batch.outcomes.items() if outcome.calls}
+        if wanted:
+            ids = await conn.execute(
+                select(Event.id, Event.kind, Event.external_id).where(
+                    Event.id > before, Event.kind.in_({kind for kind, _ in wanted})
+                )
+            )
+            new_ids = {(k, x): i for i, k, x in ids if (k, x) in wanted}
+        return +counts, await self._enqueue(conn, batch, new_ids, now)
+
+    async def _prepare(
+        self, conn: AsyncConnection, events: Sequence[NewEvent], now: datetime
+    ) -> _Batch:
+        """The first of each ``(kind, external_id)``, its person and rules, as table rows."""
         keys = [(e.kind, e.external_id) for e in events]
         fresh: dict[tuple[str, str], NewEvent] = {}
         for key, event in zip(keys, events, strict=True):
             fresh.setdefault(key, event)
         people = await self._people(conn, list(fresh.values()), now)
-        rows, outcomes = [], {}
+        batch = _Batch(keys, fresh, [], {})
+        rows, outcomes = batch.rows, batch.outcomes
         to_db = self._to_db
         received_at = to_db.time(now)
         wait_until = to_db.time(now + self.addressing.wait_for_link)
         kinds = self.addressing.kinds
-        texts: dict[int, Any] = {}  # the events of one export row share their data
+        # the events of one export row share their data and often their moment: each is
+        # converted once (the objects outlive the loop, so their ids are not reused)
+        texts: dict[int, Any] = {}
+        moments: dict[int, Any] = {}
         for (kind, external_id), event in fresh.items():
             person = _person_for(event, people)
             if kind in kinds:
@@ -173,11 +283,16 @@ class EventStore:
             text = texts.get(id(event.data))
             if text is None:
                 text = texts[id(event.data)] = to_db.data(event.data)
+            occurred, moment = event.occurred_at, None
+            if occurred is not None:
+                moment = moments.get(id(occurred))
+                if moment is None:
+                    moment = moments[id(occurred)] = to_db.time(occurred)
             rows.append(
                 (
                     kind,
                     external_id,
-                    to_db.time(event.occurred_at) if event.occurred_at is not None else None,
+                    moment,
                     received_at,
                     event.email,
                     event.gc_user_id,
@@ -189,31 +304,23 @@ class EventStore:
                     notes,
                 )
             )
-        new_ids: dict[tuple[str, str], int] = {}
-        if rows:  # the unique (kind, external_id) decides what is new, in this statement
-            inserted = await insert_new(
-                conn, EVENTS, EVENT_COLUMNS, rows, ("kind", "external_id"),
-                ("id", "kind", "external_id"),
-            )  # fmt: skip
-            new_ids = {(kind, external_id): event_id for event_id, kind, external_id in inserted}
-        repeats = set(fresh) - set(new_ids)
-        stored = await _existing(conn, repeats) if repeats and duplicate_ids else {}
+        return batch
+
+    async def _enqueue(
+        self,
+        conn: AsyncConnection,
+        batch: _Batch,
+        new_ids: dict[tuple[str, str], int],
+        now: datetime,
+    ) -> int:
+        """The deliveries the rules asked for, for the events that were new."""
         deliveries = []
         for key, event_id in new_ids.items():
-            if key in outcomes:
-                person, data, outcome = outcomes[key]
+            if key in batch.outcomes:
+                person, data, outcome = batch.outcomes[key]
                 deliveries += _deliveries(event_id, person, data, outcome)
         await enqueue(conn, deliveries, now)
-        results, seen = [], set()
-        for key in keys:
-            if key in new_ids:  # a repeat within the batch is a duplicate of the first
-                status = outcomes[key][2].status if key in outcomes else "done"
-                results.append(IngestResult(new_ids[key], key in seen, status))
-                seen.add(key)
-            else:
-                event_id, status = stored.get(key, (0, "duplicate"))
-                results.append(IngestResult(event_id, True, status))
-        return results, len(deliveries)
+        return len(deliveries)
 
     async def _people(
         self, conn: AsyncConnection, events: list[NewEvent], now: datetime

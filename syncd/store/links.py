@@ -22,6 +22,7 @@ from sqlalchemy import bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncd.identity import Decision, LinkClaim, OnConflict, Person
+from syncd.store.dialect import one_of
 from syncd.store.errors import translated
 from syncd.store.linkplan import Effects, LinkRequest, Plan, no_effects
 from syncd.store.models import Identity, IdentityChange, LinkConflict, SalebotClient, utcnow
@@ -243,11 +244,11 @@ async def load_people(
     gc_ids = set(gc_user_ids)
     conditions = []
     if wanted_emails:
-        conditions.append(Identity.email.in_(wanted_emails))
+        conditions.append(one_of(conn, Identity.email, wanted_emails))
     if telegrams:
-        conditions.append(Identity.telegram_id.in_(telegrams))
+        conditions.append(one_of(conn, Identity.telegram_id, telegrams))
     if gc_ids:
-        conditions.append(Identity.gc_user_id.in_(gc_ids))
+        conditions.append(one_of(conn, Identity.gc_user_id, gc_ids))
     by_project: dict[int, set[int]] = {}
     for c in claims:
         if c.client_id is not None:
@@ -279,8 +280,9 @@ async def people_where(conn: AsyncConnection, condition: Any) -> list[Person]:
     )
     keys: dict[int, tuple[str, int | None, int | None]] = {}
     clients: dict[int, dict[int, int]] = {}
-    for row in await conn.execute(query):
-        identity_id, email, telegram_id, gc_user_id, project_id, client_id = row
+    for identity_id, email, telegram_id, gc_user_id, project_id, client_id in (
+        await conn.execute(query)
+    ).all():
         keys[identity_id] = (email, telegram_id, gc_user_id)
         owned = clients.setdefault(identity_id, {})
         if project_id is not None:
