@@ -240,6 +240,7 @@ def postgres_database(admin_url: str) -> Iterator[Database]:
 class Plan:
     rows: int
     step_seconds: int
+    buyers: int = 1000
 
     @property
     def since(self) -> date:
@@ -333,6 +334,8 @@ def start_export_server(plan: Plan, workdir: Path, label: str) -> tuple[Child, s
         str(plan.rows),
         "--step-seconds",
         str(plan.step_seconds),
+        "--buyers",
+        str(plan.buyers),
     ]
     out = workdir / f"export-server-{label}.out"
     server = Child("export server", argv, workdir / f"export-server-{label}.log", dict(os.environ))
@@ -623,7 +626,8 @@ def summary(runs: list[Run], plan: Plan) -> None:
     print(f"command : {shlex.join(getattr(sys, 'orig_argv', sys.argv))}  (cwd {Path.cwd()})")
     print(
         f"data    : {plan.rows:,} deals, one every {plan.step_seconds} s from {START:%Y-%m-%d}, "
-        f"{plan.since}..{plan.until} ({plan.days} days), every {PAID_EVERY}rd payed; expected "
+        f"{plan.since}..{plan.until} ({plan.days} days), every {PAID_EVERY}rd payed, "
+        f"{plan.buyers:,} buyers in turn; expected "
         f"events {sum(plan.expected_events().values()):,} {plan.expected_events()}"
     )
     print("simulator: bench/big_export_server.py, its own process, on the same cores")
@@ -687,6 +691,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds between deals' creation (default 30: 1,000,000 deals span 348 days)",
     )
     parser.add_argument(
+        "--buyers",
+        type=int,
+        default=1000,
+        help="distinct buyers, each deal the next one's (default 1,000: after the first "
+        "1,000 deals every buyer is known; --buyers equal to --rows makes every deal a "
+        "new person, so the backfill also creates an identity per deal)",
+    )
+    parser.add_argument(
         "--window-days",
         default="all,30",
         help="comma-separated window sizes to run, in days; `all` = one export of every row "
@@ -714,7 +726,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--step-seconds must be between 1 and 86400")
     if args.timeout_minutes <= 0:
         parser.error("--timeout-minutes must be positive")
-    args.plan = Plan(args.rows, args.step_seconds)
+    if not 1 <= args.buyers <= args.rows:
+        parser.error("--buyers must be between 1 and --rows")
+    args.plan = Plan(args.rows, args.step_seconds, args.buyers)
     args.specs = [s.strip() for s in args.window_days.split(",") if s.strip()]
     if not args.specs:
         parser.error("--window-days: name at least one window size")

@@ -67,7 +67,9 @@ def traced(app: ASGIApp) -> ASGIApp:
 async def run(args: argparse.Namespace) -> None:
     state = GetCourseState(
         key=args.key,
-        deal_rows=GeneratedDeals(args.rows, start=START, step_seconds=args.step_seconds),
+        deal_rows=GeneratedDeals(
+            args.rows, start=START, step_seconds=args.step_seconds, users=args.buyers
+        ),
         ready_after_polls=args.ready_after_polls,
     )
     stop = asyncio.Event()
@@ -79,7 +81,8 @@ async def run(args: argparse.Namespace) -> None:
         print(base_url, flush=True)
         print(
             f"serving {args.rows:,} deals created {START:%Y-%m-%d %H:%M:%S}.."
-            f"{last:%Y-%m-%d %H:%M:%S} (one every {args.step_seconds} s), every 3rd payed",
+            f"{last:%Y-%m-%d %H:%M:%S} (one every {args.step_seconds} s), every 3rd payed, "
+            f"{args.buyers:,} buyers",
             flush=True,
         )
         await stop.wait()
@@ -107,14 +110,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--step-seconds", type=int, default=30, help="seconds between deals (default 30)"
     )
     parser.add_argument(
+        "--buyers", type=int, default=1000, help="distinct buyers, in turn (default 1,000)"
+    )
+    parser.add_argument(
         "--ready-after-polls",
         type=int,
         default=0,
         help="909 answers before an export is ready (default 0: ready at once)",
     )
     args = parser.parse_args(argv)
-    if args.rows < 1 or args.step_seconds < 1 or args.ready_after_polls < 0:
-        parser.error("--rows and --step-seconds must be >= 1, --ready-after-polls >= 0")
+    if min(args.rows, args.step_seconds, args.buyers) < 1 or args.ready_after_polls < 0:
+        parser.error("--rows, --step-seconds and --buyers must be >= 1, --ready-after-polls >= 0")
     try:
         with runner() as loop_runner:
             loop_runner.run(run(args))

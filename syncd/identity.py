@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Literal
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 from syncd.errors import InvalidInput
 
@@ -41,11 +41,39 @@ def normalise_email(value: object) -> str:
     return _normalise_email(value)
 
 
+#: A plain address: dot-atoms of common characters, ASCII host names, a letters-only TLD.
+_PLAIN_EMAIL = re.compile(
+    r"[a-z0-9_%+-]+(?:\.[a-z0-9_%+-]+)*@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}"
+)
+
+
+def _plain_email(text: str) -> str | None:
+    """``text`` lower-cased when it is a plain address email-validator accepts unchanged.
+
+    email-validator costs ~30 µs an address, which was a third of a backfill whose buyers
+    are all new. Anything less plain (quotes, Unicode, ``xn--`` hosts, reserved names, odd
+    lengths) returns None and goes to email-validator; a test holds the two to the same
+    answers.
+    """
+    if not text.isascii() or len(text) > 254:
+        return None
+    lowered = text.lower()
+    if not _PLAIN_EMAIL.fullmatch(lowered):
+        return None
+    local, _, domain = lowered.partition("@")
+    if len(local) > 64 or "--" in domain or domain.rsplit(".", 1)[1] in SPECIAL_USE_DOMAIN_NAMES:
+        return None
+    return lowered
+
+
 @lru_cache(maxsize=65536)  # an export repeats one person's email on every order
 def _normalise_email(value: str) -> str:
     text = value.strip()
     if is_placeholder(text):
         raise InvalidInput("invalid_email", "email is an unsubstituted variable")
+    plain = _plain_email(text)
+    if plain is not None:
+        return plain
     try:
         checked = validate_email(text, check_deliverability=False)
     except EmailNotValidError as exc:
