@@ -163,8 +163,13 @@ def counted(
 
     async def ingested(batch: Sequence[NewEvent]) -> list[IngestResult]:
         results = await ingest(batch)
-        for event, result in zip(batch, results, strict=True):
-            metrics.events.labels(event.kind, event.source, str(result.duplicate).lower()).inc()
+        _observe(
+            metrics,
+            Counter(
+                (event.kind, event.source, result.duplicate)
+                for event, result in zip(batch, results, strict=True)
+            ),
+        )
         return results
 
     return ingested
@@ -178,11 +183,15 @@ def counted_new(
 
     async def ingested(batch: Sequence[NewEvent]) -> Counter[tuple[str, str, bool]]:
         counts = await ingest(batch)
-        for (kind, source, repeat), n in counts.items():
-            metrics.events.labels(kind, source, str(repeat).lower()).inc(n)
+        _observe(metrics, counts)
         return counts
 
     return ingested
+
+
+def _observe(metrics: Metrics, counts: Counter[tuple[str, str, bool]]) -> None:
+    for (kind, source, repeat), n in counts.items():
+        metrics.events.labels(kind, source, str(repeat).lower()).inc(n)
 
 
 def addressing(settings: Settings) -> Addressing:

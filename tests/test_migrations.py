@@ -34,10 +34,10 @@ def _tables(connection: Connection) -> set[str]:
 async def test_upgrade_matches_models_and_round_trips(empty_db_url: str) -> None:
     engine = create_engine(empty_db_url)
     try:
-        assert not await migrate.at_head(engine)
+        assert await migrate.current(engine) != migrate.heads()
         assert await schema.current(engine) == frozenset()  # not even alembic_version
         await migrate.upgrade(engine)
-        assert await migrate.at_head(engine)
+        assert await migrate.current(engine) == migrate.heads()
         assert await schema.at_head(engine)  # the daemon's Alembic-free check agrees
         async with engine.connect() as conn:
             assert await conn.run_sync(_diff) == []

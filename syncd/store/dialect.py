@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from functools import lru_cache
 from itertools import chain
 from typing import Any
 
 from sqlalchemy import ARRAY, ColumnElement, Table, any_, bindparam, cast, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from syncd.store.engine import json_text
@@ -66,6 +66,24 @@ def _insert_new_sql(
     return f"{sql} RETURNING {', '.join(returning)}" if returning else sql
 
 
+async def _insert_parts(
+    conn: AsyncConnection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    unique: Sequence[str],
+    returning: Sequence[str],
+) -> AsyncIterator[CursorResult[Any]]:
+    """One ``INSERT … ON CONFLICT DO NOTHING`` per :data:`ROWS_PER_STATEMENT` rows."""
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        part = rows[start : start + ROWS_PER_STATEMENT]
+        sql = _insert_new_sql(
+            conn.dialect.name, table.name, tuple(columns), tuple(unique), tuple(returning),
+            len(part),
+        )  # fmt: skip
+        yield await conn.exec_driver_sql(sql, tuple(chain.from_iterable(part)))
+
+
 async def insert_new(
     conn: AsyncConnection,
     table: Table,
@@ -82,13 +100,7 @@ async def insert_new(
     trip to the database thread per statement. The returned rows are the inserted ones.
     """
     found: list[Any] = []
-    for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        part = rows[start : start + ROWS_PER_STATEMENT]
-        sql = _insert_new_sql(
-            conn.dialect.name, table.name, tuple(columns), tuple(unique), tuple(returning),
-            len(part),
-        )  # fmt: skip
-        result = await conn.exec_driver_sql(sql, tuple(chain.from_iterable(part)))
+    async for result in _insert_parts(conn, table, columns, rows, unique, returning):
         found += result.all()
     return found
 
@@ -102,11 +114,6 @@ async def insert_counted(
 ) -> int:
     """:func:`insert_new` returning only how many rows were inserted (no row back)."""
     count = 0
-    for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        part = rows[start : start + ROWS_PER_STATEMENT]
-        sql = _insert_new_sql(
-            conn.dialect.name, table.name, tuple(columns), tuple(unique), (), len(part)
-        )
-        result = await conn.exec_driver_sql(sql, tuple(chain.from_iterable(part)))
+    async for result in _insert_parts(conn, table, columns, rows, unique, ()):
         count += result.rowcount
     return count

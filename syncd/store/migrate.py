@@ -68,7 +68,3 @@ async def downgrade(engine: AsyncEngine, revision: str) -> None:
 async def current(engine: AsyncEngine) -> frozenset[str]:
     async with engine.connect() as connection:
         return await connection.run_sync(_current)
-
-
-async def at_head(engine: AsyncEngine) -> bool:
-    return await current(engine) == heads()
