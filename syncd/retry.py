@@ -4,9 +4,12 @@ The wait before attempt ``n + 1`` after ``n`` failed attempts (n ≥ 1) is *full
 over a capped exponential::
 
     cap(n)  = min(max_backoff, first_retry × 2^(n−1))
-    wait(n) = max(retry_after, uniform(0, cap(n)))        retry_after: 0 when not given
+    wait(n) = max(min(retry_after, max_backoff), uniform(0, cap(n)))
+                                                       retry_after: 0 when not given
 
-A peer's ``Retry-After`` is a floor, never shortened by the jitter. The call is given up
+A peer's ``Retry-After`` is a floor, never shortened by the jitter, but never longer
+than ``max_backoff`` either: one answer saying ``Retry-After: 1000000`` must not make a
+call dead at once (it would outlive ``max_age``). The call is given up
 (``dead``) when ``n ≥ max_attempts``, or when the next try would start after
 ``age_from + max_age``.
 """
@@ -51,7 +54,8 @@ class BackoffPolicy:
         """After ``attempts`` failed tries: when to try again, or why to stop."""
         if attempts >= self.max_attempts:
             return GiveUp(f"gave up after {attempts} attempts")
-        wait = max(retry_after or 0.0, self.uniform(0.0, self.cap(attempts)))
+        floor = min(retry_after or 0.0, self.max_backoff.total_seconds())  # inf and NaN too
+        wait = max(floor if floor == floor else 0.0, self.uniform(0.0, self.cap(attempts)))
         when = now + timedelta(seconds=wait)
         if when - age_from > self.max_age:
             return GiveUp(f"gave up: older than delivery.max_age ({self.max_age})")

@@ -38,7 +38,7 @@ def policy(jitter: str = "top", **kw: object) -> BackoffPolicy:
         (3, "bottom", None, 0),
         (1, "bottom", 30, 30),  # Retry-After is a floor
         (1, "top", 2, 5),  # ... not a ceiling
-        (11, "top", 7200, 7200),  # the peer's word beats max_backoff
+        (11, "top", 7200, 3600),  # ... capped by max_backoff (issue 14)
     ],
 )
 def test_wait(attempts: int, jitter: str, retry_after: float | None, wait: float) -> None:

@@ -125,12 +125,15 @@ def _named(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
 
 
 def retry_after(response: httpx.Response) -> float | None:
-    """``Retry-After`` as seconds (delta-seconds or an HTTP date), or None."""
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date), or None.
+
+    Not capped here: :class:`~syncd.retry.BackoffPolicy` caps it at ``delivery.max_backoff``.
+    """
     value = response.headers.get("retry-after")
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() is true too
         return float(value)
     try:
         when = parsedate_to_datetime(value)
