@@ -5,9 +5,16 @@ export's cursor as the lower date bound, **store the export_id** (committed), th
 collect — 909 «Файл еще не создан» is waited out with growing pauses, 905 (another
 export runs) and 903 (budget spent) end the cycle — read the rows by column title,
 ingest them as events in chunks, and only then move the cursor. A restart finds the
-stored export_id and collects it instead of starting another. Every request first
-spends one unit of the account's budget in the database (:mod:`syncd.store.exports`);
-with none left, the poller waits for the next cycle. On PostgreSQL one daemon polls
+stored export_id and collects it instead of starting another. Every export-API request
+(starts, collects and the group list alike) first spends one unit of the account's
+budget in the database (:mod:`syncd.store.exports`); with none left, the poller waits for
+the next cycle.
+
+Bad input never stops the poller: a row that cannot be read is skipped and counted; a
+cell that cannot be read leaves that field empty and is reported once per export; an
+answer that cannot be read at all, or a final GetCourse error (913/914/917/918, «Файл не
+создан»), ends that export with its reason (the stored export_id is forgotten) and the
+cycle goes on with the next export. On PostgreSQL one daemon polls
 (an advisory lock); the others skip the cycle.
 
 ``syncd backfill`` drives the same :meth:`Poller.run` over date windows.
@@ -29,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncd.clients import getcourse_export as export_api
 from syncd.errors import InvalidInput, PermanentError, StoreUnavailable, TransientError
-from syncd.events import NewEvent, from_export_row
+from syncd.events import NewEvent, Unreadable, from_export_row
 from syncd.logs import redact
 from syncd.store import exports
 from syncd.store.models import utcnow
@@ -75,6 +82,7 @@ class Outcome:
     events: int = 0
     errors: int = 0
     detail: str = ""
+    unreadable: int = 0  # cells left empty because they could not be read
 
 
 def jobs(names: Sequence[str], groups: Sequence[int], since: date) -> list[Job]:
@@ -199,12 +207,20 @@ class Poller:
                 return Outcome("budget")
             try:
                 async with export_api.collect(self.http, self.base, self.key, export_id) as found:
-                    rows, events, errors, first_error = await self._ingest_rows(job, found)
+                    rows, events, errors, first_error, cells = await self._ingest_rows(job, found)
             except export_api.ExportNotReady:
                 continue
+            note = first_error
+            if cells:
+                note = "; ".join(
+                    filter(None, [note, f"unreadable cells left empty: {cells.summary()}"])
+                )
+                log.warning(
+                    "poller: export {}: unreadable cells left empty: {}", job.name, cells.summary()
+                )
             await exports.finish(
                 self.engine, job.name, self.clock(), cursor=cursor, rows=rows, errors=errors,
-                last_error=first_error,
+                last_error=note[:500],
             )  # fmt: skip
             log.bind(rows=rows, events=events, errors=errors).info(
                 "poller: export {} read: {} rows, {} events, {} bad rows",
@@ -213,7 +229,7 @@ class Poller:
                 events,
                 errors,
             )
-            return Outcome("done", rows, events, errors)
+            return Outcome("done", rows, events, errors, unreadable=sum(cells.counts.values()))
         log.info("poller: export {} still not ready; next time", export_id)
         return Outcome("not_ready")
 
@@ -222,8 +238,9 @@ class Poller:
 
     async def _ingest_rows(
         self, job: Job, found: export_api.ExportRows
-    ) -> tuple[int, int, int, str]:
-        group_name = await self._group_name(job.group_id) if job.group_id is not None else None
+    ) -> tuple[int, int, int, str, Unreadable]:
+        group_name = await self._group_name(job, job.group_id) if job.group_id is not None else None
+        cells = Unreadable()
         batch: list[NewEvent] = []
         rows = events = errors = 0
         first_error = ""
@@ -235,14 +252,15 @@ class Poller:
                 try:
                     batch += from_export_row(
                         job.export, found.fields, row, group_id=job.group_id, group_name=group_name,
-                        source=job.source,
+                        source=job.source, unreadable=cells,
                     )  # fmt: skip
-                except InvalidInput as exc:
+                except Exception as exc:  # no row may stop the poller
                     errors += 1
-                    first_error = first_error or f"row {rows}: {exc.detail}"
+                    why = exc.detail if isinstance(exc, InvalidInput) else _unreadable_row(exc)
+                    first_error = first_error or f"row {rows}: {why}"
                     if errors <= 5:
                         logger.bind(export=job.name).warning(
-                            "poller: row {} skipped: {}", rows, exc.detail
+                            "poller: row {} skipped: {}", rows, why
                         )
                     continue
                 if len(batch) >= self.chunk:
@@ -259,7 +277,7 @@ class Poller:
             events += await writing
         if batch:
             events += await self._ingest(batch)
-        return rows, events, errors, first_error
+        return rows, events, errors, first_error, cells
 
     async def _ingest(self, batch: list[NewEvent]) -> int:
         """Ingest a chunk; a chunk that fails (not an outage) is ingested one by one."""
@@ -278,16 +296,27 @@ class Poller:
                     logger.opt(exception=one).error("poller: event {} skipped", event.kind)
         return len(batch)
 
-    async def _group_name(self, group_id: int) -> str | None:
+    async def _group_name(self, job: Job, group_id: int) -> str | None:
+        """The group's name from the group list: one export-API request, counted, per poller."""
         if self._groups is None:
             from syncd.clients.getcourse import GetCourseClient
 
-            try:
+            if not await self._spend(job, "groups"):
+                return None  # no budget to spare for a name: the events go without it
+            listed: list[dict[str, Any]] = []
+            with contextlib.suppress(TransientError, PermanentError):
                 listed = await GetCourseClient(self.http, self.base, self.key).account_groups()
-            except (TransientError, PermanentError):
-                listed = []
-            self._groups = {int(g["id"]): str(g.get("name", "")) for g in listed if "id" in g}
+            groups: dict[int, str] = {}
+            for group in listed:
+                with contextlib.suppress(TypeError, ValueError):
+                    groups[int(group["id"])] = str(group.get("name") or "")[:255]
+            self._groups = groups
         return self._groups.get(group_id)
+
+
+def _unreadable_row(exc: Exception) -> str:
+    """Why a row no reader expected failed (its text may hold the row: not shown)."""
+    return f"the row cannot be read ({type(exc).__name__})"
 
 
 async def backfill(
@@ -298,8 +327,13 @@ async def backfill(
     *,
     window: timedelta = timedelta(days=7),
     progress: Callable[[str], None] = lambda _: None,
+    on_window: Callable[[Job, Outcome, int, int], None] | None = None,
 ) -> list[tuple[Job, Outcome]]:
-    """Every export over ``since..until`` in date windows, waiting out budget and 905."""
+    """Every export over ``since..until`` in date windows, waiting out budget and 905.
+
+    ``progress`` gets a line per pause and per window read; with ``on_window`` given, a
+    window read goes to ``on_window(job, outcome, windows done, windows in all)`` instead.
+    """
     windows = []
     start = since
     while start <= until:
@@ -321,6 +355,9 @@ async def backfill(
                 progress(f"{job.name} {first}..{last}: {outcome.status}, waiting {pause:.0f} s")
                 await poller.sleep(pause)
             done.append((item, outcome))
+            if on_window is not None:
+                on_window(item, outcome, len(done), total)
+                continue
             progress(
                 f"[{len(done)}/{total}] {job.name} {first}..{last}: {outcome.rows} rows, "
                 f"{outcome.events} events, {outcome.errors} bad rows"

@@ -1,12 +1,14 @@
 """``syncd check --remote``: are the keys, the custom fields and the bot right?
 
-Each check is one line: ``ok`` with what was confirmed, or ``FAIL`` with what to do.
-Nothing is written to either service.
+Each check is one line: ``ok`` with what was confirmed, ``FAIL`` with what to do, or
+``warn`` (``ok`` is None) where an answer could not tell (no bot readable from Salebot's
+``connected_channels``). Nothing is written to either service.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -15,7 +17,7 @@ from syncd.clients.salebot import SalebotClient
 from syncd.config import Settings
 from syncd.errors import DeliveryError, PermanentError
 
-Line = Callable[[bool, str, str], None]
+Line = Callable[[bool | None, str, str], None]  # None: a warning, not a failure
 TELEGRAM = 1  # Salebot's client_type for Telegram
 
 
@@ -74,14 +76,39 @@ async def _salebot(settings: Settings, http: httpx.AsyncClient, line: Line) -> N
         )
         return
     line(True, "salebot", f"project key accepted, {len(channels)} connected channel(s)")
-    bots = sorted(
-        str(c.get("group_id"))
-        for c in channels
-        if c.get("group_id") and int(c.get("client_type", c.get("type", TELEGRAM)) or 0) == TELEGRAM
-    )
+    bots = telegram_bots(channels)
     if sb.bot_name in bots:
         line(True, "salebot.bot_name", f"@{sb.bot_name} is one of the project's Telegram bots")
+    elif not bots:  # nothing readable: not a proof the setting is wrong
+        line(None, "salebot.bot_name", f"no Telegram bot could be read from Salebot's "
+             f"connected_channels answer: check by hand that @{sb.bot_name} is connected "
+             "to the project (Salebot → Каналы)")  # fmt: skip
     else:
-        known = ", ".join(f"@{b}" for b in bots) or "none"
+        known = ", ".join(f"@{b}" for b in bots)
         line(False, "salebot.bot_name", f"@{sb.bot_name} is not a Telegram bot of this project "
              f"(it has: {known}) — set salebot.bot_name to the bot's username")  # fmt: skip
+
+
+def telegram_bots(channels: list[dict[str, Any]]) -> list[str]:
+    """Bot usernames of the Telegram channels, from either answer shape.
+
+    Grouped answers name the messenger (``telegram``); list items carry ``client_type``
+    (1 = Telegram; an item without one is taken for Telegram, as before).
+    """
+    found = set()
+    for channel in channels:
+        name = channel.get("group_id")
+        if not isinstance(name, str | int) or isinstance(name, bool) or not str(name).strip():
+            continue
+        if "messenger" in channel:
+            if str(channel["messenger"]).lower() != "telegram":
+                continue
+        else:
+            kind = channel.get("client_type", channel.get("type", TELEGRAM))
+            try:
+                if int(kind or 0) != TELEGRAM:
+                    continue
+            except (TypeError, ValueError):
+                continue
+        found.add(str(name).strip().lstrip("@"))
+    return sorted(found)

@@ -24,16 +24,25 @@ def simulator(*args: str) -> tuple[subprocess.Popen[str], str]:
     return process, f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture
-def apis() -> Iterator[tuple[str, str]]:
-    gc, gc_url = simulator("getcourse", "--key", "GK", "--field", "telegram_id")
-    sb, sb_url = simulator("salebot", "--key", "SK", "--bot", "school_bot", "--bot", "other_bot")
-    yield gc_url, sb_url
-    for process in (gc, sb):
+def stop(*processes: subprocess.Popen[str]) -> None:
+    for process in processes:
         process.terminate()
         process.wait(10)
         assert process.stdout is not None
         process.stdout.close()
+
+
+@pytest.fixture(params=["grouped", "list"])
+def apis(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """The Salebot simulator answers connected_channels grouped by messenger (Salebot's own
+    API page, the default) or as a plain list (seen by other clients): both must pass."""
+    gc, gc_url = simulator("getcourse", "--key", "GK", "--field", "telegram_id")
+    sb, sb_url = simulator(
+        "salebot", "--key", "SK", "--bot", "school_bot", "--bot", "other_bot",
+        "--channels", request.param,
+    )  # fmt: skip
+    yield gc_url, sb_url
+    stop(gc, sb)
 
 
 def check(
@@ -89,3 +98,23 @@ def test_check_remote(
 
     code, out = check(monkeypatch, capsys, GETCOURSE__BASE_URL="http://127.0.0.1:9")
     assert code == 1 and "FAIL getcourse: cannot reach http://127.0.0.1:9" in out
+
+
+def test_no_readable_bot_is_a_warning_not_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gc, gc_url = simulator("getcourse", "--key", "GK", "--field", "telegram_id")
+    sb, sb_url = simulator("salebot", "--key", "SK", "--no-bots")
+    try:
+        monkeypatch.chdir(tmp_path)
+        code, out = check(
+            monkeypatch, capsys, HTTP__TOKEN="t", GETCOURSE__BASE_URL=gc_url,
+            SALEBOT__BASE_URL=sb_url, GETCOURSE__API_KEY="GK", SALEBOT__API_KEY="SK",
+            SALEBOT__BOT_NAME="school_bot", GETCOURSE__CLIENT_ID_FIELD="telegram_id",
+        )  # fmt: skip
+    finally:
+        stop(gc, sb)
+    assert code == 0, out
+    assert "ok   salebot: project key accepted, 0 connected channel(s)" in out
+    assert "warn salebot.bot_name: no Telegram bot could be read" in out
+    assert "FAIL" not in out

@@ -147,8 +147,7 @@ def test_commands_refuse_an_unmigrated_database(
     assert "FAIL migrations: run `syncd migrate`" in capsys.readouterr().out
     assert main(["identity", "show", "a@b.ru"]) == 1
     assert "run `syncd migrate`" in capsys.readouterr().err
-    assert main(["check"]) == 1
-    assert "FAIL migrations: database at empty, head is" in capsys.readouterr().out
+    assert not (tmp_path / "fresh.db").exists()  # only migrate and run create it (issue 15)
     monkeypatch.delenv("SYNCD_DATABASE__AUTO_MIGRATE")
     assert main(["migrate"]) == 0
     (head,) = migrate.heads()
@@ -250,32 +249,47 @@ def test_backfill_against_a_simulator_process(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
+    """30 deals of the last 9 days, stamped from the test's own clock, land in the event log."""
     import subprocess
     import sys
+    from datetime import UTC, datetime, timedelta
 
     from tests.daemon import free_port
 
+    today = datetime.now(UTC).date()
+    since, middle = today - timedelta(days=9), today - timedelta(days=4)
+    first_deal = f"{since} 00:30:00"  # account-local; one deal every 6 hours: 7.5 days
     port = free_port()
     sim = subprocess.Popen(
-        [sys.executable, "-m", "syncd.sandbox", "getcourse", "--port", str(port), "--key", "K"],
+        [sys.executable, "-m", "syncd.sandbox", "getcourse", "--port", str(port), "--key", "K",
+         "--deals", "30", "--deals-from", first_deal, "--deal-step", "21600"],
         stdout=subprocess.PIPE,
         text=True,
-    )
+    )  # fmt: skip
     try:
         assert sim.stdout is not None and "127.0.0.1" in sim.stdout.readline()
         monkeypatch.setenv("SYNCD_GETCOURSE__BASE_URL", f"http://127.0.0.1:{port}")
-        assert syncd("backfill", "--since", "2026-01-01", "--until", "2026-01-10")[0] == 1  # no key
+        assert syncd("backfill", "--since", str(since), "--until", str(today))[0] == 1  # no key
         monkeypatch.setenv("SYNCD_GETCOURSE__API_KEY", "K")
         monkeypatch.setenv("SYNCD_GETCOURSE__POLL__EXPORTS", "deals,users")
         code, out, err = syncd(
-            "backfill", "--since", "2026-01-01", "--until", "2026-01-10", "--window-days", "5"
+            "backfill", "--since", str(since), "--until", str(today), "--window-days", "5"
         )
         assert code == 0, err
-        assert "backfill 2026-01-01..2026-01-10: 4 exports, 0 rows" in out
-        assert "[4/4] users 2026-01-06..2026-01-10: 0 rows" in err
-        assert syncd("backfill", "--since", "2026-02-01", "--until", "2026-01-01")[0] == 2
+        assert f"backfill {since}..{today}: 4 exports, 30 rows, 50 new events" in out
+        notes = [json.loads(line).get("note") for line in err.splitlines() if line]
+        # deals 0..19 fall in the first window (5 days, 4 a day), 20..29 in the second
+        first = since + timedelta(days=4)
+        assert f"[1/4] deals {since}..{first}: 20 rows, 34 new events" in notes
+        assert f"[2/4] deals {middle}..{today}: 10 rows, 16 new events" in notes
+        assert f"[4/4] users {middle}..{today}: 0 rows" in notes
+        stored = json.loads(syncd("events", "list", "--limit", "1000", "--json")[1])
+        kinds = sorted(e["kind"] for e in stored)
+        assert kinds == ["deal.created"] * 30 + ["deal.paid"] * 10 + ["deal.status_changed"] * 10
+        assert {e["source"] for e in stored} == {"backfill"}
+        assert syncd("backfill", "--since", str(today), "--until", str(since))[0] == 2
         monkeypatch.setenv("SYNCD_GETCOURSE__API_KEY", "wrong")
-        code, _, err = syncd("backfill", "--since", "2026-03-01", "--until", "2026-03-02")
+        code, _, err = syncd("backfill", "--since", str(since), "--until", str(since))
         assert code == 1 and "failed" in err  # 901: a bad key is reported, not retried
     finally:
         sim.terminate()

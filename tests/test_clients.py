@@ -12,6 +12,13 @@ import httpx
 import pytest
 
 from syncd.clients.getcourse import GetCourseClient
+from syncd.clients.protocol import (
+    BudgetSpent,
+    ExportBusy,
+    ExportFailed,
+    ExportNotReady,
+    raise_for_error,
+)
 from syncd.clients.salebot import SalebotClient
 from syncd.errors import PermanentError, TransientError
 
@@ -184,3 +191,68 @@ async def test_salebot_request_shapes() -> None:
     }
     assert json.loads(seen[2].content) == {"client_id": 5, "variables": {"client.email": "a@b.ru"}}
     assert channels == [{"group_id": "school_bot", "type": 1}]
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind", "reason"),
+    [
+        ({"success": False, "error_code": 909, "error_message": "Файл еще не создан"},
+         ExportNotReady, None),
+        ({"success": False, "error_message": "Файл ещё не создан"}, ExportNotReady, None),
+        ({"success": False, "error_code": 905, "error_message": "Уже запущен"}, ExportBusy, None),
+        ({"success": "false", "error_code": "903"}, BudgetSpent, None),
+        ({"success": False, "error_code": 913}, ExportFailed, "deal status filter"),
+        ({"success": False, "error_code": 914}, ExportFailed, "status filter"),
+        ({"success": False, "error_code": 917}, ExportFailed, "plan has no export API"),
+        ({"success": False, "error_code": 918}, ExportFailed, "payment status filter"),
+        ({"success": False, "error": True, "error_message": "Файл не создан"}, ExportFailed,
+         "could not make the file"),
+        ({"success": False, "error_code": 901, "error_message": "x"}, ExportFailed, None),
+        ({"success": 0, "error_code": True}, ExportFailed, None),
+    ],
+)  # fmt: skip
+def test_export_errors_are_classified_with_a_reason(
+    answer: dict[str, Any], kind: type[Exception], reason: str | None
+) -> None:
+    with pytest.raises(kind) as caught:
+        raise_for_error(answer, "getcourse export 5")
+    if isinstance(caught.value, ExportFailed):
+        assert isinstance(caught.value, PermanentError)
+        if reason is None:
+            assert caught.value.reason is None
+        else:
+            assert reason in (caught.value.reason or "") and reason in str(caught.value)
+    else:
+        assert isinstance(caught.value, TransientError)
+
+
+def test_the_clients_do_not_import_the_domain() -> None:
+    """Egress knows the GetCourse protocol, not syncd's events (issue 11, item 8)."""
+    import ast
+    from pathlib import Path
+
+    import syncd.clients
+
+    for path in Path(syncd.clients.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m for m in imported if m and m.startswith("syncd.events")}, path.name
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ({"project_id": 1, "telegram": [{"short_name": "S", "group_id": "bulls_vs_bears_bot"}],
+          "vkontakte": [{"group_id": "club1"}], "whatsapp": []},
+         [{"short_name": "S", "group_id": "bulls_vs_bears_bot", "messenger": "telegram"},
+          {"group_id": "club1", "messenger": "vkontakte"}]),
+        ([{"group_id": "a_bot", "client_type": 1}, "junk"],
+         [{"group_id": "a_bot", "client_type": 1}]),
+        ({"channels": [{"group_id": "a_bot"}]}, [{"group_id": "a_bot"}]),
+        ({"project_id": 1}, []),
+    ],
+)  # fmt: skip
+async def test_connected_channels_in_both_shapes(answer: Any, expected: Any) -> None:
+    async with client(lambda request: httpx.Response(200, json=answer)) as http:
+        assert await SalebotClient(http, "http://sb", "k").connected_channels() == expected

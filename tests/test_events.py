@@ -47,6 +47,10 @@ def config(**extra: Any) -> Settings:
     return Settings.model_validate({"rules": RULES, **extra})
 
 
+#: The batch tests' rows are dated 2024: with no age limit they are still news.
+NO_AGE_LIMIT = config(delivery={"max_event_age": "0"})
+
+
 @pytest.fixture
 async def client(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
     async for client in client_for(engine, settings=config()):
@@ -192,6 +196,84 @@ async def test_one_order_three_ways_is_one_event_per_kind(
     kinds = sorted(e["kind"] for e in await listing(engine, None, 10))
     assert kinds == ["deal.paid", "deal.status_changed"]
     assert len(await deliveries(engine)) == 1  # deal.paid once; status payed has no rule
+
+
+@pytest.mark.parametrize("first", ["json", "bare"])
+async def test_a_techapi_delivery_wrapped_or_bare_is_one_event(
+    client: httpx.AsyncClient, engine: AsyncEngine, first: str
+) -> None:
+    """getcourse.md, "Added 2026-12-02": both envelopes are seen; one event, one key."""
+    await link(client, "vera@school.ru", client_id="901")
+    gc = getcourse.GetCourseState()
+    user = gc.add_user("vera@school.ru")
+    deal = gc.add_deal(user, 14900, status="payed")
+    url = f"http://syncd/v1/getcourse/techapi?token={TOKEN}"
+    second = "bare" if first == "json" else "json"
+    answers = [
+        a
+        for envelope in (first, second)
+        for a in await fire_techapi(
+            url, "getcourse/dealPaid", user, deal, client=client, envelope=envelope
+        )
+    ]
+    assert [a.status_code for a in answers] == [200] * 4, answers[0].text
+    assert [a.json()["duplicate"] for a in answers] == [False, False, True, True]
+    kinds = sorted(e["kind"] for e in await listing(engine, None, 10))
+    assert kinds == ["deal.paid", "deal.status_changed"]
+    (paid,) = await listing(engine, "deal.paid", 10)
+    assert paid["occurred_at"] is not None and paid["data"]["deal_id"] == str(deal.id)
+    assert len(await deliveries(engine)) == 1
+
+
+TECHAPI = (
+    b'{"json": {"eventType": "getcourse/dealPaid", "ts64": %s, '
+    b'"user": {"gcId": 5, "email": "a@b.ru"}, "deal": {"id": "7", "status": "payed"}}}'
+)
+
+
+@pytest.mark.parametrize(
+    "ts64",
+    [b"1e20", b"1e300", b"1768467822000", b"NaN", b"Infinity", b"-Infinity", b"-1", b"0",
+     b"true", b'"soon"', b"[1]"],
+)  # fmt: skip
+async def test_a_ts64_that_is_no_time_is_400_and_nothing_written(
+    client: httpx.AsyncClient, engine: AsyncEngine, ts64: bytes
+) -> None:
+    answer = await client.post(
+        "/v1/getcourse/techapi",
+        content=TECHAPI % ts64,
+        headers={**AUTH, "content-type": "application/json"},
+    )
+    assert (answer.status_code, answer.json()["error"]) == (400, "invalid_body")
+    detail = answer.json()["detail"]
+    assert "ts64" in detail or "not a JSON number" in detail  # NaN: refused by the parser
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(Event)) == 0
+
+
+@pytest.mark.parametrize("ts64", [b"1768467822", b"1768467822.5", b'"1768467822"', b"null"])
+async def test_a_ts64_in_seconds_is_the_events_time(
+    client: httpx.AsyncClient, engine: AsyncEngine, ts64: bytes
+) -> None:
+    answer = await client.post(
+        "/v1/getcourse/techapi",
+        content=TECHAPI % ts64,
+        headers={**AUTH, "content-type": "application/json"},
+    )
+    assert answer.status_code == 200, answer.text
+    (event,) = await listing(engine, "deal.paid", 10)
+    if ts64 == b"null":  # absent: the event's time is unknown
+        assert event["occurred_at"] is None
+    else:
+        assert event["occurred_at"][:19] == "2026-01-15T09:03:42"  # 1768467822 in UTC
+
+
+async def test_a_body_that_is_no_techapi_delivery_is_400(client: httpx.AsyncClient) -> None:
+    for body in ({"json": "x"}, {"ts64": 1768467822}, {"json": {"json": {}}}):
+        answer = await client.post("/v1/getcourse/techapi", json=body, headers=AUTH)
+        assert (answer.status_code, answer.json()["error"]) in (
+            (400, "invalid_body"), (400, "invalid_event")
+        )  # fmt: skip
 
 
 async def test_an_event_waits_for_the_link(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
@@ -387,7 +469,7 @@ async def test_a_big_batch_is_stored_as_given_and_repeats_are_duplicates(
     from syncd.store.dialect import ROWS_PER_STATEMENT
     from syncd.store.events import EventStore
 
-    store = EventStore(engine, addressing(config()))
+    store = EventStore(engine, addressing(NO_AGE_LIMIT))
     events = [e for i in range(1500) for e in from_export_row("deals", DEAL_FIELDS, deal_row(i))]
     assert len(events) > 2 * ROWS_PER_STATEMENT  # several statements in one batch
     first = await store.ingest(events[:100])
@@ -423,7 +505,7 @@ async def test_the_pollers_ingest_counts_new_and_repeats_and_delivers(
 
     claim = LinkClaim("buyer3@school.ru", None, P, 903)
     await LinkStore(engine, "reject").apply([LinkRequest(claim, "test")])
-    store = EventStore(engine, addressing(config()))
+    store = EventStore(engine, addressing(NO_AGE_LIMIT))
     events = [e for i in range(1500) for e in from_export_row("deals", DEAL_FIELDS, deal_row(i))]
     first = await store.ingest_new(events[:300])
     assert first == Counter((e.kind, "poller", False) for e in events[:300])
@@ -482,3 +564,40 @@ async def test_event_data_keeps_what_orjson_refuses(engine: AsyncEngine) -> None
     await store.ingest([NewEvent("deal.created", "1", "webhook", "a@school.ru", None, None, data)])
     (event,) = await listing(engine, "deal.created", 10)
     assert event["data"] == data
+
+
+@pytest.mark.parametrize(
+    ("cell", "amount"),
+    [
+        ("12 000,00", "12000"), ("12\u00a0000,00", "12000"), ("99,50", "99.50"),
+        ("300 руб.", "300"), ("300,50 руб.", "300.50"), ("12\u00a0000 RUB", "12000"),
+        ("₽ 99", "99"), ("1,200.50 USD", "1200.50"), ("1.200,50", "1200.50"),
+        ("-1 500,00", "-1500"), ("0,00", "0"),
+    ],
+)  # fmt: skip
+def test_amounts_as_accounts_write_them(cell: str, amount: str) -> None:
+    from syncd.events import money
+
+    assert money(cell) == amount
+
+
+@pytest.mark.parametrize("cell", ["много", "руб.", "1,2,3,4 руб 5", "--", "."])
+def test_a_cell_that_is_no_amount_is_refused(cell: str) -> None:
+    from syncd.errors import InvalidInput
+    from syncd.events import money
+
+    with pytest.raises(InvalidInput):
+        money(cell)
+
+
+def test_status_cells_as_codes_or_labels_are_stored_as_codes() -> None:
+    from syncd.events import from_export_row
+
+    fields = ["ID заказа", "Email", "Статус", "Состав заказа"]
+    cells = [
+        ("payed", "payed"), ("Оплачен", "payed"), ("ОТМЕНЁН", "cancelled"),
+        ("Ожидаем оплаты", "payment_waiting"), ("Не подтверждён", "not_confirmed"),
+    ]  # fmt: skip
+    for cell, code in cells:
+        events = from_export_row("deals", fields, ["1", "a@b.ru", cell, "Курс"])
+        assert events[-1].data["status"] == code and events[-1].data["title"] == "Курс"

@@ -14,10 +14,9 @@ from typing import Any
 
 import httpx
 
-from syncd.clients.getcourse_export import raise_for_error
 from syncd.clients.http import send
+from syncd.clients.protocol import raise_for_error, truthy
 from syncd.errors import PermanentError, TransientError
-from syncd.events import truthy
 
 
 def encode_params(params: dict[str, Any]) -> str:
@@ -44,12 +43,19 @@ class GetCourseClient:
 
     async def import_user(self, params: dict[str, Any]) -> dict[str, Any]:
         """``action=add`` on users; returns ``result`` (``user_id``, ``user_status``)."""
-        what = "getcourse import user"
+        return await self._import("users", "getcourse import user", params)
+
+    async def import_deal(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``action=add`` on deals; returns ``result`` (``deal_id``, ``deal_number``,
+        ``payment_link`` when asked with ``return_payment_link``)."""
+        return await self._import("deals", "getcourse import deal", params)
+
+    async def _import(self, path: str, what: str, params: dict[str, Any]) -> dict[str, Any]:
         response = await send(
             self._http,
             what,
             "POST",
-            f"{self._base}/pl/api/users",
+            f"{self._base}/pl/api/{path}",
             data={"key": self._key, "action": "add", "params": encode_params(params)},
         )
         data = _json(response, what)

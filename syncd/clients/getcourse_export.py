@@ -8,9 +8,9 @@ A ready answer can be hundreds of megabytes (a million deals), so :func:`collect
 it as it arrives (``ijson``): memory holds one chunk and the rows not yet consumed, never
 the document. The key is in the query string: no URL is ever put in a message.
 
-Errors: 909 → :class:`ExportNotReady`, 905 → :class:`ExportBusy` (one export at a time;
-nothing was started), 903 → :class:`BudgetSpent` — all transient; 901 (bad key), 908 (no
-filter), 913/918 (bad status filter) and anything else → :class:`PermanentError`.
+Errors are classified by :func:`syncd.clients.protocol.raise_for_error`: 909, 905 and 903
+are transient; 901, 908, 913/914/918, 917 and «Файл не создан» are final
+(:class:`ExportFailed`, with a reason).
 """
 
 from __future__ import annotations
@@ -24,40 +24,27 @@ import httpx
 import ijson
 
 from syncd.clients.http import classify_status
+from syncd.clients.protocol import (
+    BudgetSpent,
+    ExportBusy,
+    ExportFailed,
+    ExportNotReady,
+    raise_for_error,
+    truthy,
+)
 from syncd.errors import PermanentError, TransientError
-from syncd.events import truthy
 
 CHUNK = 64 * 1024
-
-
-class ExportNotReady(TransientError):
-    """909: the file is not made yet; ask again later."""
-
-
-class ExportBusy(TransientError):
-    """905: another export of the account runs; nothing was started."""
-
-
-class BudgetSpent(TransientError):
-    """903: the account's export budget (100 requests per 2 hours) is spent."""
-
-
-def raise_for_error(data: Mapping[str, Any], what: str) -> None:
-    if truthy(data.get("success")):
-        return
-    message = str(data.get("error_message") or data.get("error") or "unknown error")
-    code = data.get("error_code")
-    try:
-        code = int(code) if code is not None else None
-    except (TypeError, ValueError):
-        code = None
-    if code == 909 or "еще не создан" in message.lower() or "ещё не создан" in message.lower():
-        raise ExportNotReady(f"{what}: {message}")
-    if code == 905:
-        raise ExportBusy(f"{what}: {message}")
-    if code == 903 or "слишком много запросов" in message.lower():
-        raise BudgetSpent(f"{what}: {message}")
-    raise PermanentError(f"{what}: error {code}: {message}" if code else f"{what}: {message}")
+__all__ = [
+    "BudgetSpent",
+    "ExportBusy",
+    "ExportFailed",
+    "ExportNotReady",
+    "ExportRows",
+    "collect",
+    "raise_for_error",
+    "start",
+]
 
 
 async def start(
@@ -113,7 +100,54 @@ async def collect(
     except httpx.TransportError as exc:
         raise TransientError(f"{label}: connection failed ({type(exc).__name__})") from None
     except ijson.JSONError as exc:
-        raise TransientError(f"{label}: the answer is not valid JSON ({exc})") from None
+        raise _unreadable(label, f"not valid JSON ({exc})") from None
+
+
+def _unreadable(label: str, why: str) -> ExportFailed:
+    """An answer that cannot be read at all: final for that export, never polled again."""
+    return ExportFailed(
+        f"{label}: the answer cannot be read: {why}", None, f"the answer cannot be read: {why}"
+    )
+
+
+#: Deeper nesting than this is no export (a ready answer nests 4 deep: the document, info,
+#: items, a row); ijson's memory grows with the square of the depth (20,000 deep: ~1 GB,
+#: 512 deep: a few MB). High enough that brackets inside cell text never reach it.
+MAX_DEPTH = 512
+SLICE = 8192
+_STEP = bytes(2 if c in b"[{" else 0 if c in b"]}" else 1 for c in range(256))
+
+
+class _Depth:
+    """Refuses an answer nested deeper than :data:`MAX_DEPTH` before ijson sees it.
+
+    Per 8 KiB slice, ``depth + openers`` bounds the depth reached inside it (brackets
+    within strings count too: the bound only errs high); only a slice whose bound is over
+    the limit is walked byte by byte. A usual slice (some forty rows) costs four
+    ``bytes.count`` calls.
+    """
+
+    __slots__ = ("depth", "label")
+
+    def __init__(self, label: str) -> None:
+        self.depth = 0
+        self.label = label
+
+    def check(self, chunk: bytes) -> None:
+        depth = self.depth
+        for at in range(0, len(chunk), SLICE):
+            part = chunk[at : at + SLICE]
+            opens = part.count(b"[") + part.count(b"{")
+            if depth + opens > MAX_DEPTH:
+                deepest = depth
+                for step in part.translate(_STEP):
+                    depth += step - 1
+                    deepest = max(deepest, depth)
+                if deepest > MAX_DEPTH:
+                    raise _unreadable(self.label, f"nested deeper than {MAX_DEPTH}")
+            else:
+                depth += opens - part.count(b"]") - part.count(b"}")
+        self.depth = depth
 
 
 @dataclass
@@ -122,18 +156,34 @@ class _Header:
     pending_rows: list[list[Any]]
     items: Any  # the ijson items coroutine, already fed the header's chunks
     found: Any  # its sendable list
+    depth: _Depth
+    parser: Any  # the ijson event parser, fed until ``info.items`` is known to be a list
+    events: Any  # its sendable list
+    items_seen: bool  # ``info.items`` opened a list
+    label: str
+
+
+def _items_seen(events: list[tuple[str, str, Any]], label: str) -> bool:
+    for prefix, event, _ in events:
+        if prefix == "info.items":
+            if event != "start_array":
+                raise _unreadable(label, "info.items is not a list")
+            return True
+    return False
 
 
 async def _header(chunks: AsyncIterator[bytes], label: str) -> _Header:
     """Feed chunks until ``success`` and the field titles are known."""
     top: dict[str, Any] = {}
     fields: list[str] = []
-    fields_done = False
+    fields_done = items_seen = False
+    depth = _Depth(label)
     events = ijson.sendable_list()
     parser = ijson.parse_coro(events)
     found = ijson.sendable_list()
     items = ijson.items_coro(found, "info.items.item")
     async for chunk in chunks:
+        depth.check(chunk)
         parser.send(chunk)
         items.send(chunk)
         for prefix, event, value in events:
@@ -141,10 +191,13 @@ async def _header(chunks: AsyncIterator[bytes], label: str) -> _Header:
                 "start_map", "end_map", "map_key"
             ):  # fmt: skip
                 top[prefix] = value
-            elif prefix == "info.fields.item" and event == "string":
+            elif prefix == "info.fields.item":
+                if event != "string":
+                    raise _unreadable(label, "a column title is not a string")
                 fields.append(value)
             elif prefix == "info.fields" and event == "end_array":
                 fields_done = True
+        items_seen = items_seen or _items_seen(events, label)
         del events[:]
         failed = "success" in top and not truthy(top["success"])
         if failed and ("error_code" in top or "error_message" in top or "error" in top):
@@ -152,17 +205,22 @@ async def _header(chunks: AsyncIterator[bytes], label: str) -> _Header:
         if "success" in top and fields_done:
             pending = list(found)
             del found[:]
-            return _Header(fields, pending, items, found)
+            return _Header(fields, pending, items, found, depth, parser, events, items_seen, label)
     parser.close()
     if top:
         raise_for_error(top, label)
-    raise PermanentError(f"{label}: the answer has no fields")
+    raise _unreadable(label, "it has no column titles (info.fields)")
 
 
 async def _rows(header: _Header, chunks: AsyncIterator[bytes]) -> AsyncIterator[list[Any]]:
     for row in header.pending_rows:
         yield row
     async for chunk in chunks:
+        header.depth.check(chunk)
+        if not header.items_seen:  # the parser runs only until the rows begin
+            header.parser.send(chunk)
+            header.items_seen = _items_seen(header.events, header.label)
+            del header.events[:]
         header.items.send(chunk)
         for row in header.found:
             yield row
@@ -170,3 +228,5 @@ async def _rows(header: _Header, chunks: AsyncIterator[bytes]) -> AsyncIterator[
     header.items.close()
     for row in header.found:
         yield row
+    if not header.items_seen:
+        raise _unreadable(header.label, "it has no rows list (info.items)")

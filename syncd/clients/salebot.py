@@ -55,12 +55,32 @@ class SalebotClient:
         return await self.call("save_variables", {"client_id": client_id, "variables": variables})
 
     async def connected_channels(self) -> list[dict[str, Any]]:
-        answer = await self.call("connected_channels")
-        if isinstance(answer, dict):
-            answer = answer.get("channels", answer.get("data", []))
-        if not isinstance(answer, list):
-            raise PermanentError("salebot connected_channels: unexpected answer shape")
-        return [item for item in answer if isinstance(item, dict)]
+        """The project's channels, each a dict; ``messenger`` added when the answer groups them.
+
+        Salebot's API page answers an object grouped by messenger (``{"project_id": …,
+        "telegram": [{"group_id": "…bot", …}], …}``); other clients have seen a plain list
+        of channel objects. Both are read; anything else is an unexpected shape.
+        """
+        return channels(await self.call("connected_channels"))
+
+
+def channels(answer: object) -> list[dict[str, Any]]:
+    """A ``connected_channels`` answer, either shape, as one list of channel dicts."""
+    if isinstance(answer, dict):
+        listed = answer.get("channels", answer.get("data"))
+        if isinstance(listed, list):
+            answer = listed
+        else:
+            return [
+                {**item, "messenger": str(messenger)}
+                for messenger, items in answer.items()
+                if isinstance(items, list)
+                for item in items
+                if isinstance(item, dict)
+            ]
+    if not isinstance(answer, list):
+        raise PermanentError("salebot connected_channels: unexpected answer shape")
+    return [item for item in answer if isinstance(item, dict)]
 
 
 def _check(response: httpx.Response, what: str) -> Any:

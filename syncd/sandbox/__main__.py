@@ -11,10 +11,11 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 from starlette.applications import Starlette
 
-from syncd.sandbox import getcourse, salebot
+from syncd.sandbox import getcourse, getcourse_state, salebot
 from syncd.sandbox.serve import serve
 
 #: ``--clients N``: client i gets Telegram id TELEGRAM_BASE + i.
@@ -26,6 +27,14 @@ def _count(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"want a whole number >= 0, got {text!r}")
     return int(text)
+
+
+def _local_time(text: str) -> datetime:
+    """An argparse type: ``YYYY-MM-DD HH:MM:SS``."""
+    try:
+        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want YYYY-MM-DD HH:MM:SS, got {text!r}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +52,24 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TITLE",
         help="a custom user field title (repeatable; default: telegram_id, sb_294495_id)",
     )
+    gc.add_argument(
+        "--deals",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="serve N generated deals (every 3rd payed), one every --deal-step seconds from "
+        "--deals-from (default: none)",
+    )
+    gc.add_argument(
+        "--deals-from",
+        type=_local_time,
+        default=None,
+        metavar="'YYYY-MM-DD HH:MM:SS'",
+        help="the first generated deal's creation, account-local (default: now minus N steps)",
+    )
+    gc.add_argument(
+        "--deal-step", type=_count, default=3600, metavar="SECONDS", help="default: 3600"
+    )
     sb = kinds.add_parser("salebot", help="the Salebot /api/{key}/{action} calls")
     sb.add_argument("--key", default="sb-sandbox-key", help="the project's API key")
     sb.add_argument(
@@ -58,6 +85,18 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="CLIENT_ID:TELEGRAM_ID",
         help="a known client of the first bot (repeatable)",
+    )
+    sb.add_argument(
+        "--channels",
+        choices=("grouped", "list"),
+        default="grouped",
+        help="connected_channels answers an object grouped by messenger (Salebot's API page; "
+        "default) or a plain list",
+    )
+    sb.add_argument(
+        "--no-bots",
+        action="store_true",
+        help="no connected bot at all (connected_channels lists none)",
     )
     sb.add_argument(
         "--clients",
@@ -80,10 +119,18 @@ def _app(args: argparse.Namespace) -> Starlette:
         gc_state = getcourse.GetCourseState(key=args.key)
         for title in args.field or ["telegram_id", "sb_294495_id"]:
             gc_state.add_field(title)
+        if args.deals:
+            step = max(args.deal_step, 1)
+            start = args.deals_from or getcourse_state.local_now() - timedelta(
+                seconds=step * args.deals
+            )
+            gc_state.deal_rows = getcourse.GeneratedDeals(args.deals, start, step)
         return getcourse.create_app(gc_state)
-    sb_state = salebot.SalebotState(key=args.key)
+    sb_state = salebot.SalebotState(key=args.key, channels_shape=args.channels)
     if args.bot:
         sb_state.bots = [salebot.SbBot(i, name) for i, name in enumerate(args.bot, start=1)]
+    if args.no_bots:
+        sb_state.bots = []
     for client_id in range(1, args.clients + 1):
         sb_state.add_client(TELEGRAM_BASE + client_id, client_id=client_id)
     for pair in args.client:

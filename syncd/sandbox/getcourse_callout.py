@@ -5,26 +5,31 @@ placeholders from a plain dict (``{object.user.email}`` → ``obj["user"]["email
 ``None`` → empty, a list → comma-separated), leaves an unknown placeholder literally in
 place (as the doc observes), and calls the URL with GET, or with POST and a form or JSON
 body whose values are templates too. Substituted values are URL-encoded in the URL
-(``quote=False`` sends them raw, as a careless school's template would). No signature, no
-retry: one call, its response returned.
+(``quote=False`` sends them raw, as a careless school's template would; httpx still
+percent-encodes what it must). ``fire_raw_get`` sends a request target byte for byte over
+a plain socket: raw UTF-8 (whether GetCourse URL-encodes substituted values is not
+documented). No signature, no retry: one call, its response returned.
 
 ``fire_techapi`` plays a ``set-uri`` webhook: one POST of ``{"json": {...}}`` in the doc's
-shape. ``ts`` and ``deal.createdAt`` are the deal's creation time in account-local time
-with a ``Z`` appended (the doc's quirk); ``ts64`` is the true epoch of the event: the local
-``event_at`` (default: the payment time for ``dealPaid``, the status change for
-``dealStatusChanged``, the creation otherwise) shifted by ``utc_offset_hours`` (Moscow,
-+3, by default). ``isPayed`` is a boolean, or 0/1 with ``is_payed_as_int``. A ``dealPaid``
-also fires ``dealStatusChanged`` right after it (``paired=False`` sends one).
+shape (``envelope="bare"``: the same object unwrapped, as another client publishes it;
+getcourse.md, "Added 2026-12-02"). ``ts`` and ``deal.createdAt`` are the deal's creation
+time in account-local time with a ``Z`` appended (the doc's quirk); ``ts64`` is the true
+epoch of the event: the local ``event_at`` (default: the payment time for ``dealPaid``,
+the status change for ``dealStatusChanged``, the creation otherwise) shifted by
+``utc_offset_hours`` (Moscow, +3, by default). ``isPayed`` is a boolean, or 0/1 with
+``is_payed_as_int``. A ``dealPaid`` also fires ``dealStatusChanged`` right after it
+(``paired=False`` sends one).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote as url_quote
 
 import httpx
@@ -33,6 +38,7 @@ from syncd.sandbox.getcourse_state import GcDeal, GcUser
 
 PLACEHOLDER = re.compile(r"\{object\.([A-Za-z0-9_.]+)\}")
 TECHAPI_EVENTS = ("dealCreated", "dealStatusChanged", "dealPaid")
+Envelope = Literal["json", "bare"]
 _MISSING = object()
 
 
@@ -80,10 +86,23 @@ async def fire_process_call(
     form: Mapping[str, str] | None = None,
     json_body: Mapping[str, str] | None = None,
     quote: bool = True,
+    raw: bool = False,
     client: httpx.AsyncClient | None = None,
     http_timeout: float = 5.0,
 ) -> httpx.Response:
-    """Call ``url_template`` as a GetCourse process would, placeholders filled from ``obj``."""
+    """Call ``url_template`` as a GetCourse process would, placeholders filled from ``obj``.
+
+    ``raw=True`` (GET only) substitutes values unencoded and sends the request target byte
+    for byte (raw UTF-8, spaces and all) over a plain socket.
+    """
+    if raw:
+        if method != "GET" or form is not None or json_body is not None:
+            raise ValueError("raw=True sends a GET without a body")
+        target = httpx.URL(url_template)
+        base = f"{target.scheme}://{target.netloc.decode()}"
+        return await fire_raw_get(
+            base, substitute(url_template.removeprefix(base), obj), http_timeout=http_timeout
+        )
     url = substitute(url_template, obj, quote=quote)
     extra: dict[str, Any] = {}
     if form is not None:
@@ -111,8 +130,9 @@ def techapi_payload(
     is_payed_as_int: bool = False,
     utc_offset_hours: float = 3,
     event_at: datetime | None = None,
+    envelope: Envelope = "json",
 ) -> dict[str, Any]:
-    """The body of one Tech API delivery, ``{"json": {...}}``."""
+    """The body of one Tech API delivery, ``{"json": {...}}`` (or bare)."""
     name = event_type.removeprefix("getcourse/")
     if name not in TECHAPI_EVENTS:
         raise ValueError(f"unknown Tech API event {event_type!r}")
@@ -124,7 +144,7 @@ def techapi_payload(
         event_at = next((c for c in candidates if c is not None), deal.created_at)
     utc = (event_at - timedelta(hours=utc_offset_hours)).replace(tzinfo=UTC)
     paid = deal.status == "payed" or deal.payed_at is not None
-    return {"json": {
+    body = {
         "ts": _z(deal.created_at), "ts64": int(utc.timestamp()), "gcAccountId": account_id,
         "eventType": f"getcourse/{name}",
         "user": {"id": f"{account_id}:{user.id}", "gcId": user.id, "email": user.email,
@@ -133,7 +153,8 @@ def techapi_payload(
                  "isPayed": int(paid) if is_payed_as_int else paid, "cost": _number(deal.cost),
                  "payedValue": _number(deal.paid), "currency": deal.currency,
                  "offerIds": list(deal.offer_ids), "createdAt": _z(deal.created_at)},
-    }}  # fmt: skip
+    }  # fmt: skip
+    return body if envelope == "bare" else {"json": body}
 
 
 async def fire_techapi(
@@ -150,7 +171,7 @@ async def fire_techapi(
     """POST the event (and, for a paid deal, ``dealStatusChanged`` after it) to ``url``.
 
     ``payload_options`` go to :func:`techapi_payload` (``account_id``, ``is_payed_as_int``,
-    ``utc_offset_hours``, ``event_at``).
+    ``utc_offset_hours``, ``event_at``, ``envelope``).
     """
     names = [event_type.removeprefix("getcourse/")]
     if names[0] == "dealPaid" and paired:
@@ -158,3 +179,48 @@ async def fire_techapi(
     bodies = [techapi_payload(name, user, deal, **payload_options) for name in names]
     async with _client(client, http_timeout) as http:
         return [await http.post(url, json=body) for body in bodies]
+
+
+async def fire_raw_get(
+    base_url: str, target: str | bytes, *, http_timeout: float = 5.0
+) -> httpx.Response:
+    """GET ``target`` (path and query, e.g. ``/v1/…?name=Иван``) sent byte for byte (text as
+    UTF-8), unencoded: what httpx never sends. Returns the answer (status, headers, body)."""
+    url = httpx.URL(base_url)
+    raw = target.encode("utf-8") if isinstance(target, str) else target
+    head = (
+        b"GET " + raw + b" HTTP/1.1\r\nHost: " + f"{url.host}:{url.port}".encode()
+        + b"\r\nConnection: close\r\n\r\n"
+    )  # fmt: skip
+    return await send_raw(base_url, head, http_timeout=http_timeout)
+
+
+async def send_raw(base_url: str, request: bytes, *, http_timeout: float = 5.0) -> httpx.Response:
+    """Send ``request`` (a whole HTTP/1.1 request, any bytes) and read the one answer."""
+    import h11
+
+    url = httpx.URL(base_url)
+    host = url.host
+    async with asyncio.timeout(http_timeout):
+        reader, writer = await asyncio.open_connection(host, url.port or 80)
+        try:
+            writer.write(request)
+            await writer.drain()
+            raw = await reader.read()
+        finally:
+            writer.close()
+    parser = h11.Connection(h11.CLIENT)
+    parser.send(h11.Request(method="GET", target="/", headers=[("Host", host)]))
+    parser.send(h11.EndOfMessage())
+    parser.receive_data(raw)
+    parser.receive_data(b"")
+    status, headers, body = 0, [], b""
+    while True:
+        event = parser.next_event()
+        if isinstance(event, h11.Response):
+            status, headers = event.status_code, [(k, v) for k, v in event.headers]
+        elif isinstance(event, h11.Data):
+            body += bytes(event.data)
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed) or event is h11.NEED_DATA:
+            break
+    return httpx.Response(status, headers=headers, content=body)

@@ -20,9 +20,16 @@ export can be collected again. Rows are computed when collected, from the data a
 then. Unknown query parameters are ignored; an empty filter value counts as absent;
 user status filters are not validated (the doc lists no user statuses).
 
+Switches (``getcourse_state``): ``export_api = False`` answers 917 to every export
+request (after the key check, uncounted); ``collect_errors[kind]`` answers a ready export
+with that message (e.g. «Файл не создан»: the export is over); ``raw_answers[kind]`` sends
+those bytes instead of a ready answer; ``extra_items[kind]`` puts raw JSON texts first
+among the rows.
+
 ``POST /pl/api/account/fields`` and ``POST /pl/api/account/groups`` (``key`` in the form or
-the query) answer ``info`` lists at once; they are not export requests and cost no budget;
-a bad key answers 901 in the export error shape.
+the query) answer ``info`` lists at once; the group list counts against the export budget
+(``groups_cost_budget``, on by default: a public client counts it), the field list does
+not; a bad key answers 901 in the export error shape.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import date
 from typing import Any
 
@@ -57,6 +64,8 @@ MESSAGES = {
     908: "Не указан ни один фильтр",
     909: "Файл еще не создан",
     913: "Неверный статус заказа",
+    914: "Неверный статус",
+    917: "Функционал API недоступен на вашем тарифе",
     918: "Неверный статус платежа",
 }
 DATE_FILTERS: dict[ExportKind, tuple[str, ...]] = {
@@ -102,6 +111,8 @@ def _answer(request: Request, work: _Work) -> Response:
     try:
         if request.query_params.get("key") != state.key:
             raise _Refused(901)
+        if not state.export_api:
+            raise _Refused(917)
         _spend_budget(state)
         return work(state)
     except _Refused as refused:
@@ -170,14 +181,27 @@ def _collect(state: GetCourseState, export_id: int) -> Response:
         export.polls += 1
         raise _Refused(909)
     export.collected += 1
+    kind = export.query.kind
+    if kind in state.collect_errors:
+        return JSONResponse(
+            {"success": False, "error": True, "error_message": state.collect_errors[kind]}
+        )
+    if kind in state.raw_answers:
+        return Response(state.raw_answers[kind], media_type="application/json")
     header, rows = export_table(state, export.query)
-    return StreamingResponse(_stream(header, rows), media_type="application/json")
+    extra = state.extra_items.get(kind, [])
+    return StreamingResponse(_stream(header, rows, extra), media_type="application/json")
 
 
-async def _stream(header: list[str], rows: Iterable[Row]) -> AsyncIterator[bytes]:
+async def _stream(
+    header: list[str], rows: Iterable[Row], extra: Sequence[str] = ()
+) -> AsyncIterator[bytes]:
     yield f'{{"success": true, "info": {{"fields": {_encode(header)}, "items": ['.encode()
     batch: list[Row] = []
     separator = ""
+    for item in extra:
+        yield (separator + item).encode()
+        separator = ", "
     for row in rows:
         batch.append(row)
         if len(batch) == CHUNK_ROWS:
@@ -196,17 +220,24 @@ async def list_fields(request: Request) -> Response:
 
 
 async def list_groups(request: Request) -> Response:
+    state: GetCourseState = request.app.state.sandbox
     return await _direct(request, lambda state: [
         {"id": g.id, "name": g.name, "last_added_at": stamp(g.last_added_at) or None}
         for g in state.groups.values()
-    ])  # fmt: skip
+    ], budget=state.groups_cost_budget)  # fmt: skip
 
 
-async def _direct(request: Request, info: _Info) -> Response:
+async def _direct(request: Request, info: _Info, *, budget: bool = False) -> Response:
     state: GetCourseState = request.app.state.sandbox
     ok = (await read_form(request)).get("key") == state.key
-    state.calls.append(GcCall(request.method, request.url.path, None, None,
-                              "ok" if ok else "error:901"))  # fmt: skip
+    call = GcCall(request.method, request.url.path, None, None, "ok" if ok else "error:901")
+    state.calls.append(call)
     if not ok:
         return _error(901, MESSAGES[901])
+    if budget:
+        try:
+            _spend_budget(state)
+        except _Refused as refused:
+            call.outcome = f"error:{refused.code}"
+            return _error(refused.code, refused.message)
     return JSONResponse({"success": True, "info": info(state)})

@@ -22,10 +22,14 @@ Then the two-level answer ``{"success": true, "action": "add", "result": {...}}`
 - ``group_name`` (a list or one name) adds groups, creating unknown group names;
   ``session.utm_*`` are kept on a created user only;
 - creating beyond ``create_limit`` → ``result.error`` «Достигнут лимит».
-``/pl/api/deals`` (the doc gives no detail; minimal here) does the same for ``user`` and
-then creates a deal from ``deal.product_title`` or ``deal.offer_code``, or updates the deal
-with the same ``deal.deal_number``; ``deal_status`` must be a known deal status,
-``deal_is_paid`` marks it paid. All booleans follow ``state.bool_style``.
+``/pl/api/deals`` ("Import: create a deal") does the same for ``user`` and then creates a
+deal from ``deal.offer_code`` (+ ``deal_cost``), ``deal.offer_id``, or
+``deal.product_title`` (+ ``deal_cost``) — none of them → «Не указано предложение»; a code
+or title without a cost → «Не указана стоимость заказа» (text chosen here) —, or updates
+the deal with the same ``deal.deal_number``; ``deal_status`` must be a known deal status,
+``deal_is_paid`` marks it paid. ``result`` carries ``deal_id``, ``deal_number`` and, with
+``system.return_payment_link``, ``payment_link``. ``group_name`` items may be
+``[name, "YYYY-MM-DD"]`` pairs. All booleans follow ``state.bool_style``.
 """
 
 from __future__ import annotations
@@ -164,21 +168,33 @@ def _apply(state: GetCourseState, user: GcUser, data: dict[str, Any]) -> None:
         else:
             state.ignored_addfields.append((user.email or user.phone, title))
     names = data.get("group_name") or []
-    for name in [names] if isinstance(names, str) else names:
+    for item in [names] if isinstance(names, str) else names:
+        # a name, or a [name, "YYYY-MM-DD"] pair: access until that date (api/getcourse.md)
+        name = item[0] if isinstance(item, list) and item else item
         group = state.group_by_name(str(name)) or state.add_group(str(name))
         state.add_member(group, user)
 
 
+#: Where the simulator's payment links point (a real account's own domain).
+PAYMENT_LINK_BASE = "https://sandbox-school.getcourse.ru"
+
+
 def _import_deal(state: GetCourseState, params: dict[str, Any]) -> Result:
     data = _obj(params.get("deal"))
+    # an offer code (+ cost), an offer id, or a product title (+ cost): api/getcourse.md
+    offer_id = str(data.get("offer_id") or "")
     title = str(data.get("product_title") or data.get("offer_code") or "")
+    if not title and offer_id:
+        title = f"Предложение {offer_id}"
     status = str(data.get("deal_status") or "new")
+    if not title:
+        return _rejected("Не указано предложение", user_id=None)
+    if not offer_id and data.get("deal_cost") in (None, ""):
+        return _rejected("Не указана стоимость заказа", user_id=None)  # the simulator's words
     try:
         cost = Decimal(str(data.get("deal_cost") or 0))
     except InvalidOperation:
         return _rejected("Неверная стоимость заказа", user_id=None)
-    if not title:
-        return _rejected("Не указано предложение", user_id=None)
     if status not in DEAL_STATUSES:
         return _rejected(f"Неизвестный статус заказа: {status}", user_id=None)
     user_result, user = _import_user(state, params)
@@ -195,5 +211,10 @@ def _import_deal(state: GetCourseState, params: dict[str, Any]) -> Result:
         deal.status_changed_at = local_now()
     if _truthy(data.get("deal_is_paid")):
         deal.status, deal.paid, deal.payed_at = "payed", deal.cost, local_now()
-    return {**user_result, "deal_id": deal.id, "deal_number": deal.number,
-            "deal_status": deal.status}  # fmt: skip
+    answer = {**user_result, "deal_id": deal.id, "deal_number": deal.number,
+              "deal_status": deal.status}  # fmt: skip
+    if _truthy(_obj(params.get("system")).get("return_payment_link")):
+        answer["payment_link"] = (
+            f"{PAYMENT_LINK_BASE}/sales/shop/dealPay/id/{deal.id}/hash/{deal.number:x}"
+        )
+    return answer

@@ -6,7 +6,9 @@
 - the deals export's «Номер» title is preceded by a BOM (``bom_before_number``);
 - dates are ``YYYY-MM-DD HH:MM:SS`` in the account's local time;
 - money looks like ``12 000,00``: a non-breaking space between thousands, a comma
-  before the kopecks.
+  before the kopecks (``money_style = "currency_word"``: ``12 000 руб.``, ``300,50 руб.``);
+- the deals export's offer column is «Title» or «Состав заказа» (``offer_column``); deal
+  status cells are codes or the interface's labels (``status_cells``).
 
 The doc names the users and deals columns; the payments and group-member columns below
 are plausible titles chosen here (payments: «Номер» is the payment id, «Заказ» the deal
@@ -29,7 +31,13 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 
-from syncd.sandbox.getcourse_state import ExportQuery, GcUser, GetCourseState
+from syncd.sandbox.getcourse_state import (
+    DEAL_STATUS_LABELS,
+    ExportQuery,
+    GcUser,
+    GetCourseState,
+    MoneyStyle,
+)
 
 NBSP = "\u00a0"
 BOM = "\ufeff"
@@ -54,11 +62,14 @@ Row = Sequence[str]
 Dates = dict[str, datetime | None]
 
 
-def money(value: Decimal) -> str:
-    """``Decimal("12000")`` → ``"12 000,00"`` (the space is U+00A0)."""
+def money(value: Decimal, style: MoneyStyle = "grouped") -> str:
+    """``Decimal("12000")`` → ``"12 000,00"`` (the space is U+00A0), or ``"12 000 руб."``."""
     sign = "-" if value < 0 else ""
     whole, kopecks = f"{abs(value):.2f}".split(".")
-    return f"{sign}{int(whole):,}".replace(",", NBSP) + f",{kopecks}"
+    grouped = f"{sign}{int(whole):,}".replace(",", NBSP)
+    if style == "currency_word":
+        return f"{grouped} руб." if kopecks == "00" else f"{grouped},{kopecks} руб."
+    return f"{grouped},{kopecks}"
 
 
 def stamp(value: datetime | None) -> str:
@@ -72,6 +83,7 @@ def export_table(state: GetCourseState, query: ExportQuery) -> tuple[list[str], 
         header = list(DEAL_COLUMNS)
         if state.bom_before_number:
             header[1] = BOM + header[1]
+        header[DEAL_COLUMNS.index("Title")] = state.offer_column
         if state.deal_rows is not None:
             return header, state.deal_rows(query)
         return header + custom, _deal_rows(state, query, custom)
@@ -131,10 +143,14 @@ def _deal_rows(state: GetCourseState, query: ExportQuery, custom: list[str]) -> 
         if not _keep(query, dates, deal.status):
             continue
         user = state.users.get(deal.user_id) or GcUser(deal.user_id)
+        status = deal.status
+        if state.status_cells == "labels":
+            status = DEAL_STATUS_LABELS.get(status, status)
+        style = state.money_style
         yield [
             str(deal.id), str(deal.number), str(deal.user_id), user.name, user.email or "",
-            user.phone, stamp(deal.created_at), stamp(deal.payed_at), deal.title, deal.status,
-            money(deal.cost), money(deal.paid), stamp(deal.status_changed_at),
+            user.phone, stamp(deal.created_at), stamp(deal.payed_at), deal.title, status,
+            money(deal.cost, style), money(deal.paid, style), stamp(deal.status_changed_at),
             stamp(deal.finished_at), *(user.fields.get(title, "") for title in custom),
         ]  # fmt: skip
 
@@ -146,11 +162,12 @@ def _payment_rows(state: GetCourseState, query: ExportQuery) -> Iterator[Row]:
             continue
         user = state.users.get(pay.user_id) or GcUser(pay.user_id)
         deal = state.deals.get(pay.deal_id)
+        style = state.money_style
         yield [
             str(pay.id), str(pay.user_id), user.name, user.email or "", str(pay.deal_id),
             str(deal.number) if deal else "", stamp(pay.created_at),
-            stamp(pay.status_changed_at), pay.kind, pay.status, money(pay.amount),
-            money(pay.fee), money(pay.amount - pay.fee),
+            stamp(pay.status_changed_at), pay.kind, pay.status, money(pay.amount, style),
+            money(pay.fee, style), money(pay.amount - pay.fee, style),
         ]  # fmt: skip
 
 

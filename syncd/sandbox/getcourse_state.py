@@ -15,7 +15,18 @@ Switches a test flips at run time:
 - ``create_limit``: creations allowed before «Достигнут лимит»;
 - ``ready_after_polls`` / ``ready_after_seconds``: an export is ready once it has answered
   909 that many times AND that many seconds (on ``clock``) passed since its start;
-- ``budget`` per ``budget_window`` seconds (100 per 2 h), on the injectable ``clock``.
+- ``budget`` per ``budget_window`` seconds (100 per 2 h), on the injectable ``clock``;
+  ``groups_cost_budget``: the group list counts against it (one client counts it: so
+  does the simulator by default);
+- export shapes (getcourse.md, "Added 2026-12-02"; defaults are the documented shape):
+  ``offer_column`` «Title» or «Состав заказа»; ``status_cells`` ``"codes"`` or the
+  interface's Russian ``"labels"`` (deals; payments keep codes: no labels are known);
+  ``money_style`` ``"grouped"`` (``12 000,00``) or ``"currency_word"`` (``300 руб.``);
+- export failures: ``export_api = False`` answers 917 to every export request;
+  ``collect_errors[kind]`` answers a ready export of that kind with that error message
+  («Файл не создан»); ``extra_items[kind]`` puts raw JSON texts (``7``, ``["2"]``, a
+  deeply nested list) among the rows; ``raw_answers[kind]`` replaces the whole ready
+  answer with raw bytes (an answer that cannot be read).
 """
 
 from __future__ import annotations
@@ -33,6 +44,9 @@ from syncd.sandbox.clock import Clock
 from syncd.sandbox.faults import SandboxState
 
 ImportMode = Literal["ok", "no_api", "forbidden", "unavailable"]
+OfferColumn = Literal["Title", "Состав заказа"]
+StatusCells = Literal["codes", "labels"]
+MoneyStyle = Literal["grouped", "currency_word"]
 BoolStyle = Literal["json", "int", "str"]
 ExportKind = Literal["users", "group_users", "deals", "payments"]
 Money = Decimal | int | str
@@ -41,6 +55,13 @@ DEAL_STATUSES = frozenset({
     "new", "payed", "cancelled", "false", "in_work", "payment_waiting",
     "part_payed", "waiting_for_return", "not_confirmed", "pending",
 })  # fmt: skip
+#: Deal statuses as the interface labels them (getcourse.md, "Added 2026-12-02").
+DEAL_STATUS_LABELS = {
+    "new": "Новый", "payed": "Оплачен", "cancelled": "Отменен", "false": "Ложный",
+    "in_work": "В работе", "payment_waiting": "Ожидаем оплаты",
+    "part_payed": "Частично оплачен", "waiting_for_return": "Ожидаем возврата",
+    "not_confirmed": "Не подтвержден", "pending": "Отложен",
+}  # fmt: skip
 PAYMENT_STATUSES = frozenset({
     "expected", "accepted", "returned", "tobalance", "frombalance", "returned_to_balance",
 })  # fmt: skip
@@ -168,6 +189,14 @@ class GetCourseState(SandboxState):
     budget_window: float = 2 * 3600.0
     bom_before_number: bool = True
     deal_rows: DealRowSource | None = None  # overrides the seeded deals in deals exports
+    groups_cost_budget: bool = True
+    offer_column: OfferColumn = "Title"
+    status_cells: StatusCells = "codes"
+    money_style: MoneyStyle = "grouped"
+    export_api: bool = True
+    collect_errors: dict[ExportKind, str] = field(default_factory=dict)
+    extra_items: dict[ExportKind, list[str]] = field(default_factory=dict)
+    raw_answers: dict[ExportKind, bytes] = field(default_factory=dict)
 
     users: dict[int, GcUser] = field(default_factory=dict)
     deals: dict[int, GcDeal] = field(default_factory=dict)
@@ -178,7 +207,7 @@ class GetCourseState(SandboxState):
 
     calls: list[GcCall] = field(default_factory=list)
     exports: dict[int, GcExport] = field(default_factory=dict)
-    export_requests: int = 0  # export starts and polls counted against the budget
+    export_requests: int = 0  # starts, polls (and group lists) counted against the budget
     export_times: collections.deque[float] = field(default_factory=collections.deque)
     ignored_addfields: list[tuple[str, str]] = field(default_factory=list)  # (email|phone, title)
     created_count: int = 0  # users created through the import API, for ``create_limit``

@@ -15,13 +15,16 @@ Answers (decisions where the doc is silent are marked *):
   "message": …}``* (so a client must read ``status`` even on 200);
 - an unknown client: HTTP 200 ``{"status": "client_not_found"}``;
 - success of ``callback``/``tg_callback``/``message``/``save_variables``: the doc shows no
-  body; ``state.success_body`` picks ``{"status": "success"}`` (default), ``{}`` or an
-  empty body;
+  body; ``state.success_body`` picks ``{"status": "success"}`` (default), ``{}``, an
+  empty body or plain text ``ok`` (one client treats it so);
 - ``get_variables``: a flat object, deal variables by name and profile variables as
   ``client.<name>``*; ``find_client_id_by_platform_id``: a list of
   ``{id, platform_id, group, client_type, name}``, ``[]`` when nothing matches*;
-- ``connected_channels``: a list of ``{id, group_id, name, client_type}`` (Telegram:
-  ``group_id`` is the bot username, ``client_type`` 1).
+- ``connected_channels``: by default as Salebot's own API page shows it, an object grouped
+  by messenger: ``{"project_id": P, "telegram": [{"short_name", "group_id", …}],
+  "vkontakte": [...], …}`` (Telegram: ``group_id`` is the bot username);
+  ``state.channels_shape = "list"``: a plain list of ``{id, group_id, name, client_type}``
+  (``client_type`` 1 = Telegram), as other clients have seen it.
 Addressing: ``client_id``, else ``client_phone`` / ``client_email`` (matched against the
 profile variables ``phone`` / ``email``); ``tg_callback`` by ``user_id`` (Telegram id) and
 ``group_id`` (a configured bot). Extra fields of a callback become deal variables;
@@ -55,7 +58,10 @@ RESERVED = frozenset({
     "send_time",
 })  # fmt: skip
 PUSH_ACTIONS = frozenset({"callback", "tg_callback", "message", "save_variables"})
-SuccessBody = Literal["status", "empty_json", "no_body"]
+SuccessBody = Literal["status", "empty_json", "no_body", "ok_text"]
+ChannelsShape = Literal["grouped", "list"]
+#: Salebot's ``client_type`` → the key its channels are grouped under (grouped shape).
+MESSENGERS = {1: "telegram", 0: "vkontakte", 6: "whatsapp", 2: "viber", 5: "facebook"}
 
 
 @dataclass
@@ -91,6 +97,7 @@ class SalebotState(SandboxState):
     project_id: int = 294495
     can_change_clients: bool = True
     success_body: SuccessBody = "status"
+    channels_shape: ChannelsShape = "grouped"
     bots: list[SbBot] = field(default_factory=lambda: [SbBot(1, "myschool_bot", "My school")])
     clients: dict[int, SbClient] = field(default_factory=dict)
     calls: list[SbCall] = field(default_factory=list)
@@ -226,11 +233,19 @@ def _find_clients(state: SalebotState, body: dict[str, Any]) -> list[dict[str, A
     ]  # fmt: skip
 
 
-def _channels(state: SalebotState, body: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        {"id": b.id, "group_id": b.group_id, "name": b.name, "client_type": b.client_type}
-        for b in state.bots
-    ]
+def _channels(state: SalebotState, body: dict[str, Any]) -> Any:
+    if state.channels_shape == "list":
+        return [
+            {"id": b.id, "group_id": b.group_id, "name": b.name, "client_type": b.client_type}
+            for b in state.bots
+        ]
+    grouped: dict[str, Any] = {"project_id": state.project_id}
+    for bot in state.bots:
+        messenger = MESSENGERS.get(bot.client_type, f"type_{bot.client_type}")
+        grouped.setdefault(messenger, []).append(
+            {"id": bot.id, "short_name": bot.name, "group_id": bot.group_id}
+        )
+    return grouped
 
 
 ACTIONS: dict[str, Callable[[SalebotState, dict[str, Any]], Any]] = {
@@ -286,6 +301,8 @@ async def _endpoint(request: Request) -> Response:
         return JSONResponse(result)
     if state.success_body == "no_body":
         return Response(b"", 200)
+    if state.success_body == "ok_text":
+        return Response(b"ok", 200, media_type="text/plain")
     return JSONResponse({"status": "success"} if state.success_body == "status" else {})
 
 

@@ -245,7 +245,7 @@ async def test_users_payments_and_group_members_exports(
     assert pay["Сумма"] == "1" + NBSP + "500,50"
 
 
-async def test_fields_and_groups_are_listed_at_once_without_budget(
+async def test_fields_and_groups_are_listed_at_once_the_group_list_costs_budget(
     gc: httpx.AsyncClient, gc_state: GetCourseState
 ) -> None:
     group = gc_state.add_group("VIP")
@@ -264,7 +264,58 @@ async def test_fields_and_groups_are_listed_at_once_without_budget(
         "info": [{"id": group.id, "name": "VIP", "last_added_at": "2024-01-02 03:04:05"}],
     }
     assert refused["error_code"] == 901
-    assert gc_state.export_requests == 0
+    assert gc_state.export_requests == 1  # the group list, as a public client counts it
+    gc_state.budget = 1
+    spent = (await gc.post("/pl/api/account/groups", data={"key": gc_state.key})).json()
+    assert spent == _error(903, "Слишком много запросов")
+    gc_state.groups_cost_budget = False
+    gc_state.budget = 100
+    await gc.post("/pl/api/account/groups", data={"key": gc_state.key})
+    assert gc_state.export_requests == 1
+
+
+async def test_export_shapes_seen_in_other_accounts(
+    gc: httpx.AsyncClient, gc_state: GetCourseState
+) -> None:
+    """«Состав заказа», status labels and amounts with a currency word (getcourse.md)."""
+    user = gc_state.add_user("a@b.ru")
+    gc_state.add_deal(user, "12000", status="payed", created_at=datetime(2024, 3, 1))
+    deal = gc_state.add_deal(user, "300", status="part_payed", created_at=datetime(2024, 3, 1))
+    gc_state.add_payment(deal, "300.5", status="accepted", created_at=datetime(2024, 3, 1))
+    gc_state.offer_column = "Состав заказа"
+    gc_state.status_cells = "labels"
+    gc_state.money_style = "currency_word"
+
+    deals = await _export(gc, gc_state, "deals", **SINCE)
+    [pay] = await _export(gc, gc_state, "payments", **SINCE)
+
+    assert "Title" not in deals[0] and deals[0]["Состав заказа"] == "Курс"
+    assert [d["Статус"] for d in deals] == ["Оплачен", "Частично оплачен"]
+    assert [d["Стоимость, RUB"] for d in deals] == [f"12{NBSP}000 руб.", "300 руб."]
+    assert pay["Сумма"] == "300,50 руб." and pay["Статус"] == "accepted"
+
+
+async def test_final_errors_and_answers_that_cannot_be_read(
+    gc: httpx.AsyncClient, gc_state: GetCourseState
+) -> None:
+    gc_state.add_deal(gc_state.add_user("a@b.ru"), 1, created_at=datetime(2024, 3, 1))
+    gc_state.collect_errors["deals"] = "Файл не создан"
+    export_id = (await _start(gc, "deals", gc_state.key, **SINCE))["info"]["export_id"]
+    assert (await _collect(gc, export_id, gc_state.key))["error_code"] == 909
+    answer = await _collect(gc, export_id, gc_state.key)
+    assert answer == {"success": False, "error": True, "error_message": "Файл не создан"}
+    gc_state.collect_errors.clear()
+
+    gc_state.extra_items["deals"] = ["7", '["2"]', "[" * 50 + "]" * 50]
+    rows = (await _collect(gc, export_id, gc_state.key))["info"]["items"]
+    assert rows[:2] == [7, ["2"]] and len(rows) == 4
+
+    gc_state.raw_answers["deals"] = b'{"success": true, "info": {"fields": ["a"], "items": 7}}'
+    raw = await gc.get(f"/pl/api/account/exports/{export_id}", params={"key": gc_state.key})
+    assert raw.json()["info"]["items"] == 7
+
+    gc_state.export_api = False
+    assert (await _start(gc, "deals", gc_state.key, **SINCE))["error_code"] == 917
 
 
 async def test_a_generated_export_is_filtered_by_index(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from syncd.sandbox.salebot import SalebotState, SbCall
+from syncd.sandbox.salebot import SalebotState, SbBot, SbCall
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -162,11 +162,24 @@ async def test_connected_channels_lists_the_bots_by_username(
 ) -> None:
     sb_state.add_bot("second_bot", "Second")
 
-    answer = await sb.get("connected_channels")
+    sb_state.bots.append(SbBot(3, "club123", "VK group", client_type=0))
 
-    assert answer.json() == [
+    grouped = (await sb.get("connected_channels")).json()
+    sb_state.channels_shape = "list"
+    listed = (await sb.get("connected_channels")).json()
+
+    assert grouped == {  # the default: as Salebot's own API page shows it
+        "project_id": sb_state.project_id,
+        "telegram": [
+            {"id": 1, "short_name": "My school", "group_id": "myschool_bot"},
+            {"id": 2, "short_name": "Second", "group_id": "second_bot"},
+        ],
+        "vkontakte": [{"id": 3, "short_name": "VK group", "group_id": "club123"}],
+    }
+    assert listed == [
         {"id": 1, "group_id": "myschool_bot", "name": "My school", "client_type": 1},
         {"id": 2, "group_id": "second_bot", "name": "Second", "client_type": 1},
+        {"id": 3, "group_id": "club123", "name": "VK group", "client_type": 0},
     ]
 
 
@@ -200,7 +213,9 @@ async def test_refusals(sb: httpx.AsyncClient, sb_state: SalebotState) -> None:
     assert [c.action for c in sb_state.calls] == ["connected_channels"]
 
 
-@pytest.mark.parametrize(("style", "content"), [("empty_json", b"{}"), ("no_body", b"")])
+@pytest.mark.parametrize(
+    ("style", "content"), [("empty_json", b"{}"), ("no_body", b""), ("ok_text", b"ok")]
+)
 async def test_the_success_body_can_be_empty(
     sb: httpx.AsyncClient, sb_state: SalebotState, style: str, content: bytes
 ) -> None:
