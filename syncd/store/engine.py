@@ -19,6 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from syncd.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: ``database.durability`` -> SQLite's ``synchronous``. ``full``: the WAL is fsynced at
+#: every commit, so a 2xx sent after a commit survives a power loss; ``normal``: only a
+#: crash of the process is survived (the last commits may go with the power).
+SQLITE_SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 
 
 def database_url(url: str) -> URL:
@@ -52,12 +56,15 @@ def json_text(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def create_engine(url: str, *, durability: str = "full", **kwargs: Any) -> AsyncEngine:
+    """An engine for syncd's database; ``durability`` is ``database.durability`` (SQLite)."""
     target = database_url(url)
     kwargs.setdefault("json_serializer", json_text)
     if target.get_backend_name() == "sqlite":
+        if durability not in SQLITE_SYNCHRONOUS:
+            raise ConfigError("database.durability", f"must be full or normal, not {durability!r}")
         engine = create_async_engine(target, **kwargs)
-        _sqlite_pragmas(engine)
+        _sqlite_pragmas(engine, SQLITE_SYNCHRONOUS[durability])
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
@@ -73,7 +80,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(target, **kwargs)
 
 
-def _sqlite_pragmas(engine: AsyncEngine) -> None:
+def _sqlite_pragmas(engine: AsyncEngine, synchronous: str = "FULL") -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event (below) emit BEGIN itself.
@@ -81,9 +88,10 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        # WAL + NORMAL: a commit survives a crash of the process (kill -9); only a power
-        # loss can take back the last commits. See docs/decisions.md.
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # WAL + FULL (the default): the WAL is fsynced at each commit, before syncd
+        # answers; a group commit pays it once per batch. NORMAL (database.durability =
+        # "normal") survives a crash of the process only. See docs/decisions.md.
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
