@@ -34,9 +34,10 @@ from syncd.logs import redact
 from syncd.metrics import Metrics
 from syncd.ratelimit import RateLimiter
 from syncd.retry import BackoffPolicy, GiveUp
+from syncd.rules import META, reply_call
 from syncd.store import outbox
 from syncd.store.models import utcnow
-from syncd.store.outbox import Claimed, Outcome
+from syncd.store.outbox import Claimed, Confirmed, NewDelivery, Outcome
 
 #: ``await sender(action, payload)``: returns on success, raises a DeliveryError.
 Sender = Callable[[str, dict[str, Any]], Awaitable[object]]
@@ -87,6 +88,8 @@ class Dispatcher:
 
     async def _record(self, outcomes: Sequence[Outcome]) -> list[None]:
         await outbox.record(self.engine, self.owner, outcomes)
+        if any(o.follow_ups for o in outcomes):
+            self.wake()
         return [None] * len(outcomes)
 
     async def __aenter__(self) -> Dispatcher:
@@ -147,8 +150,12 @@ class Dispatcher:
             if limiter is not None:
                 await limiter.acquire()
             self._on_wire.add(row.id)
+            meta = row.payload.get(META)
+            payload = row.payload
+            if isinstance(meta, dict):  # syncd's own note on the row: never sent
+                payload = {k: v for k, v in payload.items() if k != META}
             try:
-                await self.senders[row.target](row.action, row.payload)
+                result = await self.senders[row.target](row.action, payload)
             except TransientError as exc:
                 outcome = self._after_failure(row, exc)
             except PermanentError as exc:
@@ -157,7 +164,7 @@ class Dispatcher:
                 log.opt(exception=exc).error("delivery failed unexpectedly")
                 outcome = self._after_failure(row, TransientError(type(exc).__name__))
             else:
-                outcome = Outcome(row.id, "sent")
+                outcome = _sent(row, meta, result)
         except asyncio.CancelledError:
             outcome = Outcome(row.id, "released")
         # The slot is held until the outcome is committed: at most `concurrency` rows are
@@ -191,3 +198,29 @@ class Dispatcher:
             log.warning("delivery will retry at {}: {}", outcome.next_attempt_at, outcome.error)
         elif outcome.status == "dead":
             log.error("delivery dead: {}", outcome.error)
+
+
+def _sent(row: Claimed, meta: object, result: object) -> Outcome:
+    """A ``sent`` outcome with what follows from it: keys GetCourse now holds (a
+    write-back's ``confirms``), and a deal's reply to the bot (a ``reply``)."""
+    if not isinstance(meta, dict):
+        return Outcome(row.id, "sent")
+    confirmed = None
+    confirms = meta.get("confirms")
+    if isinstance(confirms, dict) and row.identity_id is not None:
+        confirmed = Confirmed(
+            row.identity_id, confirms.get("telegram_id"), confirms.get("client_id")
+        )
+    follow_ups: tuple[NewDelivery, ...] = ()
+    reply = reply_call(meta, result)
+    if reply is not None:
+        follow_ups = (
+            NewDelivery(
+                reply.target,
+                reply.action,
+                reply.payload,
+                identity_id=row.identity_id,
+                dedupe_key=f"reply:{row.id}",
+            ),
+        )
+    return Outcome(row.id, "sent", follow_ups=follow_ups, confirmed=confirmed)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from syncd.identity import Person
+from syncd.rules import META
 from syncd.store.outbox import NewDelivery
 
 
@@ -36,6 +37,8 @@ class WriteBack:
         params = {
             "user": {"email": after.email, "addfields": fields},
             "system": {"refresh_if_exists": 1},
+            # not sent: once GetCourse accepts the import, these keys are confirmed (§11)
+            META: {"confirms": {"telegram_id": after.telegram_id, "client_id": new_client}},
         }
         waits = not self.create_users and after.gc_user_id is None
         return [

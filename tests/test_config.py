@@ -152,7 +152,8 @@ def test_the_example_config_loads_and_its_commented_rules_compile() -> None:
     block = text[text.index("# A new GetCourse user") :]
     toml = "\n".join(
         line[2:]
-        if line.startswith("# ") and line[2:3] in ("[", "e", "a", "m", "v", "w", "f")
+        if line.startswith("# ")
+        and line[2:3] in ("[", "e", "a", "m", "v", "w", "f", "o", "c", "r", "g")
         else ""
         for line in block.splitlines()
     )
@@ -163,4 +164,6 @@ def test_the_example_config_loads_and_its_commented_rules_compile() -> None:
         "deal.paid",
         "group.joined",
         "deal.status_changed",
+        "bot.want_course",
+        "bot.tag",
     ]

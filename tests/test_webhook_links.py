@@ -15,12 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncd.batching import Batcher
 from syncd.config import Settings
-from syncd.daemon import addressing, counted, write_back
+from syncd.daemon import counted, event_store, link_store
 from syncd.http.app import AppContext, create_app
 from syncd.metrics import Metrics
 from syncd.store.engine import create_engine
-from syncd.store.events import EventStore
-from syncd.store.links import LinkStore
 from syncd.store.models import Identity, LinkConflict
 
 TOKEN = "s3cret-token"
@@ -37,13 +35,11 @@ async def client_for(
     """The app in-process, wired as ``syncd run`` wires it (rules from ``settings``)."""
     settings = settings or Settings()
     metrics = metrics or Metrics()
-    event_store = EventStore(engine, addressing(settings))
-    store = LinkStore(
-        engine, settings.identity.on_conflict, write_back(settings), event_store.after_link
-    )
+    events_in = event_store(engine, settings, metrics)
+    store = link_store(engine, settings, events_in)
     async with (
         Batcher(store.apply, name="links") as links,
-        Batcher(counted(event_store.ingest, metrics), name="events") as events,
+        Batcher(counted(events_in.ingest, metrics), name="events") as events,
     ):
         app = create_app(AppContext(engine, links, events, token, LIMIT, P, metrics=metrics))
         transport = httpx.ASGITransport(app=app)

@@ -18,24 +18,28 @@ transaction under the identity lock (the same one links take):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from operator import attrgetter
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncd.events import NewEvent
 from syncd.identity import Person
-from syncd.rules import Rendered, Rule
+from syncd.rules import Address, Call, Rule, Skip, fill_event_id
+from syncd.store import deals
 from syncd.store.dialect import bind_processors, insert_counted, insert_new
 from syncd.store.errors import translated
-from syncd.store.links import identity_transaction, load_people
-from syncd.store.models import Delivery, Event, Identity, IdentityChange, utcnow
+from syncd.store.links import identity_transaction, load_people, people_where
+from syncd.store.models import Delivery, Event, Identity, IdentityChange, SalebotClient, utcnow
 from syncd.store.outbox import NewDelivery, enqueue
+
+#: Told of the rules that made no call, once per committed batch.
+OnSkips = Callable[[list[Skip]], None]
 
 
 class IngestResult(NamedTuple):
@@ -55,43 +59,90 @@ class Addressing:
     project_id: int
     bot_name: str
     wait_for_link: timedelta
+    #: Older events are history: stored with the note ``too_old``, no call (SPEC §11).
+    #: Zero switches the check off.
+    max_event_age: timedelta = timedelta(days=2)
     #: The event kinds some rule is about (checked for every event, so computed once).
     kinds: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", frozenset(rule.event for rule in self.rules))
 
+    def history_only(self) -> Addressing:
+        """The same, with no rules: what ``syncd backfill`` stores fires nothing."""
+        return Addressing((), self.project_id, self.bot_name, self.wait_for_link)
+
+    def too_old(self, moment: datetime, now: datetime) -> bool:
+        age = self.max_event_age
+        return age > timedelta(0) and now - moment > age
+
 
 @dataclass(slots=True)
 class _Outcome:
     status: str
-    notes: list[str]
-    calls: list[tuple[Rule, str, dict[str, Any]]]
+    skips: list[Skip]
+    calls: list[tuple[Rule, Call]]
+
+    @property
+    def notes(self) -> str:
+        return "; ".join(skip.note() for skip in self.skips)
+
+
+def address_of(person: Person | None, project_id: int, event: NewEvent | None = None) -> Address:
+    """How the rules can reach the person of an event: the identity's keys, else the
+    keys the event itself carries (a bot event of someone no link names yet)."""
+    client_id = person.clients.get(project_id) if person is not None else None
+    telegram_id = person.telegram_id if person is not None else None
+    email = person.email if person is not None else None
+    if event is not None:
+        if client_id is None and event.project_id == project_id:
+            client_id = event.client_id
+        telegram_id = telegram_id if telegram_id is not None else event.telegram_id
+        email = email or event.email
+    return Address(client_id, telegram_id, email)
 
 
 def apply_rules(
-    event_data: dict[str, Any], kind: str, person: Person | None, a: Addressing
+    event_data: dict[str, Any],
+    kind: str,
+    to: Address,
+    a: Addressing,
+    *,
+    moment: datetime | None = None,
+    now: datetime | None = None,
 ) -> _Outcome:
-    """What the rules make of one event for ``person`` (no I/O)."""
+    """What the rules make of one event for a person reachable at ``to`` (no I/O).
+
+    ``moment`` is when the event happened (else when it was received): an event older
+    than ``max_event_age`` at ``now`` is history and makes no call.
+    """
     outcome = _Outcome("done", [], [])
     if kind not in a.kinds:
         return outcome
-    client_id = person.clients.get(a.project_id) if person is not None else None
-    telegram_id = person.telegram_id if person is not None else None
+    old = moment is not None and now is not None and a.too_old(moment, now)
     for rule in a.rules:
         if not rule.matches(kind, event_data):
             continue
-        rendered = rule.render(event_data)
-        if not isinstance(rendered, Rendered):
-            outcome.notes.append(rendered)
+        if old:
+            assert moment is not None
+            outcome.skips.append(
+                Skip(rule, "too_old", f"happened {moment:%Y-%m-%d %H:%M} UTC, "
+                     f"more than delivery.max_event_age ago")
+            )  # fmt: skip
             continue
-        call = rule.delivery(
-            rendered, client_id=client_id, telegram_id=telegram_id, bot_name=a.bot_name
-        )
+        rendered = rule.render(event_data)
+        if isinstance(rendered, Skip):
+            outcome.skips.append(rendered)
+            continue
+        call = rule.call(rendered, to, a.bot_name)
         if call is None:
             outcome.status = "waiting_link"
             continue
-        outcome.calls.append((rule, *call))
+        if not rule.reply_possible(to):
+            outcome.skips.append(
+                Skip(rule, "no_reply_address", "the deal is made; the person has no bot address")
+            )
+        outcome.calls.append((rule, call))
     return outcome
 
 
@@ -99,7 +150,7 @@ EVENTS = cast(Table, Event.__table__)
 #: The columns :meth:`EventStore.ingest` writes, in the order of its value tuples.
 EVENT_COLUMNS = (
     "kind", "external_id", "occurred_at", "received_at", "email", "gc_user_id", "identity_id",
-    "data", "source", "status", "wait_until", "notes",
+    "data", "source", "status", "wait_until", "notes", "telegram_id", "client_id", "project_id",
 )  # fmt: skip
 
 
@@ -169,18 +220,23 @@ class _Batch:
 
 
 class EventStore:
-    def __init__(self, engine: AsyncEngine, addressing: Addressing) -> None:
+    def __init__(
+        self, engine: AsyncEngine, addressing: Addressing, on_skips: OnSkips | None = None
+    ) -> None:
         self.engine = engine
         self.addressing = addressing
+        self.on_skips = on_skips
         self._to_db = _ToDriver.for_dialect(engine.dialect)
         #: How many deliveries committed batches enqueued (for waking a dispatcher).
         self.enqueued = 0
 
     async def ingest(self, events: Sequence[NewEvent]) -> list[IngestResult]:
         """Store new events, apply the rules to them; repeats are answered duplicate."""
+        skips: list[Skip] = []
         async with identity_transaction(self.engine) as conn:
-            results, enqueued = await self._ingest(conn, events, utcnow())
+            results, enqueued = await self._ingest(conn, events, utcnow(), skips)
         self.enqueued += enqueued
+        self._report(skips)
         return results
 
     async def ingest_new(self, events: Sequence[NewEvent]) -> Counter[tuple[str, str, bool]]:
@@ -189,13 +245,19 @@ class EventStore:
         Returns how many events there were per ``(kind, source, repeat)``. It asks the
         database for no row per event: that made ~30% of a backfill's database time.
         """
+        skips: list[Skip] = []
         async with identity_transaction(self.engine) as conn:
-            counts, enqueued = await self._ingest_counted(conn, events, utcnow())
+            counts, enqueued = await self._ingest_counted(conn, events, utcnow(), skips)
         self.enqueued += enqueued
+        self._report(skips)
         return counts
 
+    def _report(self, skips: list[Skip]) -> None:
+        if skips and self.on_skips is not None:
+            self.on_skips(skips)
+
     async def _ingest(
-        self, conn: AsyncConnection, events: Sequence[NewEvent], now: datetime
+        self, conn: AsyncConnection, events: Sequence[NewEvent], now: datetime, skips: list[Skip]
     ) -> tuple[list[IngestResult], int]:
         batch = await self._prepare(conn, events, now)
         new_ids: dict[tuple[str, str], int] = {}
@@ -204,9 +266,10 @@ class EventStore:
                 conn, EVENTS, EVENT_COLUMNS, batch.rows, UNIQUE, ("id", "kind", "external_id"),
             )  # fmt: skip
             new_ids = {(kind, external_id): event_id for event_id, kind, external_id in inserted}
+            await _project_deals(conn, batch, now, new_ids)
         repeats = set(batch.fresh) - set(new_ids)
         stored = await _existing(conn, repeats) if repeats else {}
-        enqueued = await self._enqueue(conn, batch, new_ids, now)
+        enqueued = await self._enqueue(conn, batch, new_ids, now, skips)
         results, seen = [], set()
         for key in batch.keys:
             if key in new_ids:  # a repeat within the batch is a duplicate of the first
@@ -219,7 +282,7 @@ class EventStore:
         return results, enqueued
 
     async def _ingest_counted(
-        self, conn: AsyncConnection, events: Sequence[NewEvent], now: datetime
+        self, conn: AsyncConnection, events: Sequence[NewEvent], now: datetime, skips: list[Skip]
     ) -> tuple[Counter[tuple[str, str, bool]], int]:
         batch = await self._prepare(conn, events, now)
         counts = Counter({(*key, True): n for key, n in Counter(map(_KIND_SOURCE, events)).items()})
@@ -229,6 +292,7 @@ class EventStore:
         # lock), so the rows with an id above the highest one now are this batch's own.
         before = (await conn.execute(select(func.max(Event.id)))).scalar() or 0
         added = await insert_counted(conn, EVENTS, EVENT_COLUMNS, batch.rows, UNIQUE)
+        await _project_deals(conn, batch, now, None)  # repeats merge to no change
         if added == len(batch.fresh):  # all new: the usual backfill
             new = Counter(map(_KIND_SOURCE, batch.fresh.values()))
         else:
@@ -242,7 +306,9 @@ class EventStore:
             counts[(kind, source, True)] -= n
             counts[(kind, source, False)] += n
         new_ids: dict[tuple[str, str], int] = {}
-        wanted = {key for key, (_, _, outcome) in batch.outcomes.items() if outcome.calls}
+        wanted = {
+            key for key, (_, _, outcome) in batch.outcomes.items() if outcome.calls or outcome.skips
+        }
         if wanted:
             ids = await conn.execute(
                 select(Event.id, Event.kind, Event.external_id).where(
@@ -250,7 +316,7 @@ class EventStore:
                 )
             )
             new_ids = {(k, x): i for i, k, x in ids if (k, x) in wanted}
-        return +counts, await self._enqueue(conn, batch, new_ids, now)
+        return +counts, await self._enqueue(conn, batch, new_ids, now, skips)
 
     async def _prepare(
         self, conn: AsyncConnection, events: Sequence[NewEvent], now: datetime
@@ -275,9 +341,12 @@ class EventStore:
             person = _person_for(event, people)
             if kind in kinds:
                 data = {**event.data, "kind": kind, "external_id": external_id}
-                outcome = apply_rules(data, kind, person, self.addressing)
+                to = address_of(person, self.addressing.project_id, event)
+                outcome = apply_rules(
+                    data, kind, to, self.addressing, moment=event.occurred_at or now, now=now
+                )
                 outcomes[(kind, external_id)] = (person, data, outcome)
-                status, notes = outcome.status, "; ".join(outcome.notes)
+                status, notes = outcome.status, outcome.notes
             else:
                 status, notes = "done", ""
             text = texts.get(id(event.data))
@@ -302,6 +371,9 @@ class EventStore:
                     status,
                     wait_until if status == "waiting_link" else None,
                     notes,
+                    event.telegram_id,
+                    event.client_id,
+                    event.project_id,
                 )
             )
         return batch
@@ -312,6 +384,7 @@ class EventStore:
         batch: _Batch,
         new_ids: dict[tuple[str, str], int],
         now: datetime,
+        skips: list[Skip],
     ) -> int:
         """The deliveries the rules asked for, for the events that were new."""
         deliveries = []
@@ -319,16 +392,22 @@ class EventStore:
             if key in batch.outcomes:
                 person, data, outcome = batch.outcomes[key]
                 deliveries += _deliveries(event_id, person, data, outcome)
+                skips += outcome.skips
         await enqueue(conn, deliveries, now)
         return len(deliveries)
 
     async def _people(
         self, conn: AsyncConnection, events: list[NewEvent], now: datetime
     ) -> dict[str, dict[Any, Person]]:
-        """The persons of ``events`` by email and gc_user_id, creating and learning."""
+        """The persons of ``events`` by email and gc_user_id, creating and learning.
+
+        A bot event (it names Salebot keys) is its identity's when one holds those keys;
+        a bot event never creates an identity: only a link does.
+        """
         gc_ids = {e.gc_user_id for e in events if e.gc_user_id is not None}
         found = await load_people(conn, gc_user_ids=gc_ids) if gc_ids else []
-        known = {p.gc_user_id for p in found}
+        by_tg, by_client = await self._bot_people(conn, events, found)
+        known = {p.gc_user_id for p in found if p.gc_user_id is not None}
         # an event whose gc_user_id is known is that person's; only the others need emails
         emails = {e.email for e in events if e.email and e.gc_user_id not in known}
         if emails:
@@ -339,6 +418,8 @@ class EventStore:
         create: dict[str, int | None] = {}
         learn: dict[int, int] = {}
         for e in events:
+            if e.source == "salebot":
+                continue
             person = (by_gc.get(e.gc_user_id) if e.gc_user_id is not None else None) or (
                 by_email.get(e.email) if e.email else None
             )
@@ -391,10 +472,42 @@ class EventStore:
                 changes.append(_change(identity_id, before, after, now))
         if changes:
             await conn.execute(insert(IdentityChange), changes)
-        return {"email": by_email, "gc": by_gc}
+        return {"email": by_email, "gc": by_gc, "tg": by_tg, "client": by_client}
+
+    async def _bot_people(
+        self, conn: AsyncConnection, events: list[NewEvent], found: list[Person]
+    ) -> tuple[dict[Any, Person], dict[Any, Person]]:
+        """The identities holding the Salebot keys the bot events of a batch name."""
+        telegrams = {e.telegram_id for e in events if e.telegram_id is not None}
+        clients = {(e.project_id, e.client_id) for e in events if e.client_id is not None}
+        if not telegrams and not clients:
+            return {}, {}
+        conditions = []
+        if telegrams:
+            conditions.append(Identity.telegram_id.in_(telegrams))
+        by_project: dict[Any, set[int]] = {}
+        for project_id, client_id in clients:
+            by_project.setdefault(project_id, set()).add(client_id)
+        for project_id, client_ids in by_project.items():
+            conditions.append(
+                Identity.id.in_(
+                    select(SalebotClient.identity_id).where(
+                        SalebotClient.project_id == project_id,
+                        SalebotClient.client_id.in_(client_ids),
+                    )
+                )
+            )
+        people = await people_where(conn, or_(*conditions))
+        ids = {p.id for p in found}
+        found += [p for p in people if p.id not in ids]
+        by_tg = {p.telegram_id: p for p in people if p.telegram_id is not None}
+        by_client = {(project, client): p for p in people for project, client in p.clients.items()}
+        return by_tg, by_client
 
     async def after_link(self, conn: AsyncConnection, people: list[Person], now: datetime) -> int:
-        """Deliver the waiting events of people a link just gave an address."""
+        """In a link's transaction: give the people's bot events their identity, and
+        deliver their waiting events that are still news (SPEC §10, §11)."""
+        await _attach_bot_events(conn, people, self.addressing.project_id)
         if not self.addressing.rules:
             return 0
         by_id = {p.id: p for p in people}
@@ -407,31 +520,186 @@ class EventStore:
                     Event.data,
                     Event.identity_id,
                     Event.wait_until,
+                    Event.occurred_at,
+                    Event.received_at,
                 ).where(Event.status == "waiting_link", Event.identity_id.in_(list(by_id)))
             )
         ).all()
-        expired, updates, deliveries = [], [], []
-        for event_id, kind, external_id, data, identity_id, wait_until in rows:
+        expired, updates, deliveries, skips = [], [], [], []
+        for event_id, kind, external_id, data, identity_id, wait_until, occurred, received in rows:
             if wait_until is not None and wait_until < now:
                 expired.append(event_id)
                 continue
             person = by_id[identity_id]
             full = {**data, "kind": kind, "external_id": external_id}
-            outcome = apply_rules(full, kind, person, self.addressing)
+            to = address_of(person, self.addressing.project_id)
+            outcome = apply_rules(
+                full, kind, to, self.addressing, moment=occurred or received, now=now
+            )
             if outcome.status == "done":
-                updates.append({"b_id": event_id, "b_status": "done"})
+                updates.append({"b_id": event_id, "b_status": "done", "b_notes": outcome.notes})
             deliveries += _deliveries(event_id, person, full, outcome)
+            skips += outcome.skips
         if expired:
             await conn.execute(update(Event).where(Event.id.in_(expired)).values(status="expired"))
         if updates:
             await conn.execute(
                 update(Event)
                 .where(Event.id == bindparam("b_id"))
-                .values(status=bindparam("b_status"), wait_until=None),
+                .values(status=bindparam("b_status"), wait_until=None, notes=bindparam("b_notes")),
                 updates,
             )
         await enqueue(conn, deliveries, now)
+        self._report(skips)
         return len(deliveries)
+
+
+@dataclass(frozen=True, slots=True)
+class Redone:
+    """What ``syncd events redo`` made (or would make) of one rule for one event."""
+
+    event_id: int
+    kind: str
+    rule: str
+    outcome: str  # "queued" | "would queue" | "already made" | "waits for a link" | a skip
+    target: str | None = None
+    action: str | None = None
+    payload: dict[str, Any] | None = None
+    delivery_id: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id, "kind": self.kind, "rule": self.rule,
+            "outcome": self.outcome, "target": self.target, "action": self.action,
+            "payload": self.payload, "delivery_id": self.delivery_id,
+        }  # fmt: skip
+
+
+async def redo(
+    store: EventStore, ids: Sequence[int], dry_run: bool
+) -> tuple[list[Redone], list[int]]:
+    """Run the rules again for chosen events, on purpose: however old they are.
+
+    A rule that already made a call for an event makes none (its delivery's unique
+    ``dedupe_key``). Returns what each rule did and the ids that are not events.
+    """
+    a = store.addressing
+    now = utcnow()
+    done: list[Redone] = []
+    async with identity_transaction(store.engine) as conn:
+        rows = (await conn.execute(select(*EVENTS.c).where(Event.id.in_(list(ids))))).all()
+        missing = sorted(set(ids) - {r.id for r in rows})
+        owners = {r.identity_id for r in rows if r.identity_id is not None}
+        people = (
+            {p.id: p for p in await people_where(conn, Identity.id.in_(owners))} if owners else {}
+        )
+        deliveries: list[NewDelivery] = []
+        waiting: list[int] = []
+        for row in sorted(rows, key=lambda r: r.id):
+            person = people.get(row.identity_id)
+            keys = NewEvent(row.kind, row.external_id, row.source, row.email, row.gc_user_id,
+                            telegram_id=row.telegram_id, client_id=row.client_id,
+                            project_id=row.project_id)  # fmt: skip
+            full = {**row.data, "kind": row.kind, "external_id": row.external_id}
+            outcome = apply_rules(full, row.kind, address_of(person, a.project_id, keys), a)
+            made = _deliveries(row.id, person, full, outcome)
+            for (rule, _), delivery in zip(outcome.calls, made, strict=True):
+                done.append(Redone(row.id, row.kind, rule.name, "", delivery.target,
+                                   delivery.action, delivery.payload))  # fmt: skip
+            deliveries += made
+            for skip in outcome.skips:
+                done.append(
+                    Redone(row.id, row.kind, skip.rule.name, f"{skip.reason}: {skip.detail}")
+                )
+            if outcome.status == "waiting_link":
+                waiting.append(row.id)
+                done.append(Redone(row.id, row.kind, "(a rule)", "waits for a link"))
+            if not any(r.rule for r in done if r.event_id == row.id):
+                done.append(Redone(row.id, row.kind, "(none)", "no rule matches"))
+        keys_made = [d.dedupe_key for d in deliveries if d.dedupe_key]
+        existing: dict[str, int] = {}
+        if keys_made:
+            found = await conn.execute(
+                select(Delivery.dedupe_key, Delivery.id).where(Delivery.dedupe_key.in_(keys_made))
+            )
+            existing = {key: delivery_id for key, delivery_id in found if key}
+        fresh = [d for d in deliveries if d.dedupe_key not in existing]
+        calls = iter(deliveries)
+        for i, item in enumerate(done):
+            if item.target is None:
+                continue
+            key = next(calls).dedupe_key
+            if key in existing:
+                done[i] = _with(item, "already made", existing[key])
+            else:
+                done[i] = _with(item, "would queue" if dry_run else "queued", None)
+        if not dry_run:
+            await enqueue(conn, fresh, now)
+            if waiting:
+                await conn.execute(
+                    update(Event)
+                    .where(Event.id.in_(waiting))
+                    .values(status="waiting_link", wait_until=now + a.wait_for_link)
+                )
+            if fresh:
+                queued = await conn.execute(
+                    select(Delivery.dedupe_key, Delivery.id).where(
+                        Delivery.dedupe_key.in_([d.dedupe_key for d in fresh])
+                    )
+                )
+                ids_by_key = {key: delivery_id for key, delivery_id in queued}
+                calls = iter(deliveries)
+                for i, item in enumerate(done):
+                    if item.target is None:
+                        continue
+                    key = next(calls).dedupe_key
+                    if item.outcome == "queued":
+                        done[i] = _with(item, "queued", ids_by_key.get(key))
+    store.enqueued += 0 if dry_run else len(fresh)
+    return done, missing
+
+
+def _with(item: Redone, outcome: str, delivery_id: int | None) -> Redone:
+    return Redone(item.event_id, item.kind, item.rule, outcome, item.target, item.action,
+                  item.payload, delivery_id)  # fmt: skip
+
+
+async def _attach_bot_events(conn: AsyncConnection, people: list[Person], project_id: int) -> None:
+    """Bot events kept with their keys before any link named them get the identity now."""
+    by_tg = [
+        {"b_id": p.id, "b_tg": p.telegram_id}
+        for p in people
+        if p.id is not None and p.telegram_id is not None
+    ]
+    by_client = [
+        {"b_id": p.id, "b_project": project, "b_client": client}
+        for p in people
+        if p.id is not None
+        for project, client in p.clients.items()
+    ]
+    unlinked = Event.identity_id.is_(None)
+    if by_tg:
+        await conn.execute(
+            update(Event)
+            .where(unlinked, Event.telegram_id == bindparam("b_tg"))
+            .values(identity_id=bindparam("b_id"))
+            .execution_options(synchronize_session=False),
+            by_tg,
+        )
+    if by_client:
+        await conn.execute(
+            update(Event)
+            .where(
+                unlinked,
+                and_(
+                    Event.project_id == bindparam("b_project"),
+                    Event.client_id == bindparam("b_client"),
+                ),
+            )
+            .values(identity_id=bindparam("b_id"))
+            .execution_options(synchronize_session=False),
+            by_client,
+        )
 
 
 def _change(
@@ -450,25 +718,49 @@ def _change(
 def _person_for(event: NewEvent, people: dict[str, dict[Any, Person]]) -> Person | None:
     if event.gc_user_id is not None and event.gc_user_id in people["gc"]:
         return people["gc"][event.gc_user_id]
+    if event.client_id is not None:
+        person = people["client"].get((event.project_id, event.client_id))
+        if person is not None:
+            return person
+    if event.telegram_id is not None and event.telegram_id in people["tg"]:
+        return people["tg"][event.telegram_id]
     return people["email"].get(event.email) if event.email else None
 
 
 def _deliveries(
     event_id: int, person: Person | None, data: dict[str, Any], outcome: _Outcome
 ) -> list[NewDelivery]:
+    """The outbox rows of the calls the rules asked for (one per event and rule)."""
     identity_id = person.id if person is not None else None
     out = []
-    for rule, action, payload in outcome.calls:
-        if "event_id" in rule.needs:  # the id is known only now: render again with it
-            rendered = rule.render({**data, "event_id": event_id})
-            assert isinstance(rendered, Rendered)
-            payload = {
-                **payload,
-                **({"message": rendered.message} if "message" in payload else {}),
-                **rendered.variables,
-            }
-        out.append(rule.new_delivery(event_id, identity_id, action, payload))
+    for rule, call in outcome.calls:
+        call = fill_event_id(rule, call, data, event_id)  # the id is known only now
+        out.append(
+            NewDelivery(
+                target=call.target,
+                action=call.action,
+                payload=call.payload,
+                identity_id=identity_id,
+                dedupe_key=f"event:{event_id}:rule:{rule.index}",
+            )
+        )
     return out
+
+
+_IDENTITY_ID = EVENT_COLUMNS.index("identity_id")
+
+
+async def _project_deals(
+    conn: AsyncConnection, batch: _Batch, now: datetime, new: Collection[tuple[str, str]] | None
+) -> None:
+    """The batch's deal events (those in ``new``, or all) into ``analytics_deals`` (0007)."""
+    pairs = [
+        (event, row[_IDENTITY_ID])
+        for (key, event), row in zip(batch.fresh.items(), batch.rows, strict=True)
+        if event.kind in deals.KINDS and (new is None or key in new)
+    ]
+    if pairs:
+        await deals.project(conn, pairs, now)
 
 
 async def _existing(

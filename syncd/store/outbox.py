@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncd.store.dialect import insert_ignoring
 from syncd.store.errors import translated
-from syncd.store.models import Delivery, utcnow
+from syncd.store.models import Delivery, Identity, utcnow
 
 Status = Literal["pending", "sending", "sent", "dead", "waiting"]
 STATUSES: tuple[Status, ...] = ("pending", "sending", "sent", "dead", "waiting")
@@ -49,13 +49,28 @@ class Claimed:
 
 
 @dataclass(frozen=True, slots=True)
+class Confirmed:
+    """GetCourse now holds these keys in the person's custom fields (SPEC §11)."""
+
+    identity_id: int
+    telegram_id: int | None
+    client_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
-    """``sent``; ``retry`` at ``next_attempt_at``; ``dead``; or ``released`` (not tried)."""
+    """``sent``; ``retry`` at ``next_attempt_at``; ``dead``; or ``released`` (not tried).
+
+    A ``sent`` outcome may carry what follows from it, written in the same transaction:
+    calls it causes (a deal's reply to the bot) and keys GetCourse confirmed.
+    """
 
     id: int
     status: Literal["sent", "retry", "dead", "released"]
     error: str | None = None
     next_attempt_at: datetime | None = None
+    follow_ups: tuple[NewDelivery, ...] = ()
+    confirmed: Confirmed | None = None
 
 
 async def enqueue(
@@ -162,6 +177,19 @@ async def record(engine: AsyncEngine, owner: str, outcomes: Sequence[Outcome]) -
                 .values(leased_until=None, lease_owner=None, **values[status])
             )
             await conn.execute(statement.execution_options(synchronize_session=False), params)
+        confirmed = [o.confirmed for o in outcomes if o.status == "sent" and o.confirmed]
+        if confirmed:
+            await conn.execute(
+                update(Identity)
+                .where(Identity.id == bindparam("b_id"))
+                .values(gc_telegram_id=bindparam("b_tg"), gc_client_id=bindparam("b_client"))
+                .execution_options(synchronize_session=False),
+                [
+                    {"b_id": c.identity_id, "b_tg": c.telegram_id, "b_client": c.client_id}
+                    for c in confirmed
+                ],
+            )
+        await enqueue(conn, [d for o in outcomes if o.status == "sent" for d in o.follow_ups], now)
 
 
 async def release_waiting(conn: AsyncConnection, identity_id: int, waiting_for: str) -> int:
