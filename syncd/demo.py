@@ -2,9 +2,11 @@
 
 Starts the GetCourse and Salebot simulators and a real daemon (HTTP, dispatcher, rules)
 on free loopback ports with a temporary SQLite database, then plays a story a school
-would recognise, printing each step as it happens: a bot subscriber sends their email
-and is linked; GetCourse gets their Telegram id; they order and pay; GetCourse calls
-syncd; the bot receives its callbacks. Ends with a summary table. ``--keep`` leaves
+would recognise, printing each step as it happens: a subscriber starts the bot from an
+ad (a bot event with its source); they send their email and are linked; GetCourse gets
+their Telegram id; they ask the bot for a course and GetCourse makes the order, whose
+payment link comes back to the bot; they pay; GetCourse calls syncd; the bot receives
+its callbacks. Ends with a summary table and the funnel report. ``--keep`` leaves
 everything running and prints the URLs and a ``curl`` to try.
 """
 
@@ -59,8 +61,9 @@ def settings_for(db: Path, port: int, gc_url: str, sb_url: str) -> Settings:
             "delivery": {"first_retry": "1s", "max_backoff": "5s"},
             "log": {"level": "error"},
             "rules": [
-                {"event": "deal.created", "action": "callback", "message": "gc_deal_created",
-                 "variables": {"gc_deal_number": "{number}", "gc_amount": "{cost}"}},
+                {"event": "bot.want_course", "action": "gc_create_deal",
+                 "fields": ["offer", "price"], "offer_code": "{offer}", "cost": "{price}",
+                 "reply": "gc_deal_ready"},
                 {"event": "deal.paid", "action": "callback", "message": "gc_deal_paid",
                  "variables": {"gc_deal_number": "{number}", "gc_amount": "{cost}"}},
             ],
@@ -125,9 +128,19 @@ async def _story(
     gc_state: getcourse.GetCourseState,
     sb_state: salebot.SalebotState,
 ) -> None:
+    bot = {"token": TOKEN, "telegram_id": str(TELEGRAM_ID), "client_id": str(CLIENT_ID)}
     say("")
-    say(f"1. Анна writes to @myschool_bot in Telegram and sends her email, {EMAIL}.")
-    say("   The bot's «API-запрос» block posts it to syncd, values as strings:")
+    say("1. Анна taps an ad in VK and starts @myschool_bot (deep link ?start=vk_ads).")
+    say("   The bot's first block tells syncd, before it knows who she is:")
+    started = await http.post(
+        "/v1/salebot/events/started",
+        params=bot,
+        data={"start": "vk_ads", "utm_source": "vk", "utm_campaign": "autumn"},
+    )
+    say(f"   POST …/v1/salebot/events/started → {started.json()}")
+
+    say("")
+    say(f"2. Анна sends her email, {EMAIL}. The bot's «API-запрос» block posts it to syncd:")
     answer = await http.post(
         "/v1/links",
         params={"token": TOKEN},
@@ -135,33 +148,36 @@ async def _story(
     )
     body = answer.json()
     say(f"   syncd answers {answer.status_code} {body}: Telegram {TELEGRAM_ID} and Salebot "
-        f"client {CLIENT_ID} are now one person, identity {body['identity_id']}.")  # fmt: skip
-
-    say("")
-    say("2. syncd writes her Telegram id and client id into GetCourse (custom user fields).")
+        f"client {CLIENT_ID} are now one person, identity {body['identity_id']}; her "
+        "«started» event (and its source) is hers now.")  # fmt: skip
     await _until(lambda: bool(gc_state.imports()), "the GetCourse import")
     user = gc_state.user_by_email(EMAIL)
     fields = user.fields if user is not None else {}
-    say(f"   GetCourse now shows for {EMAIL}: {fields}")
+    say(f"   syncd writes her ids into GetCourse's custom user fields: {fields}")
+
+    say("")
+    say("3. Анна taps «Хочу курс» in the bot. The bot tells syncd; a rule makes the order:")
+    want = await http.post(
+        "/v1/salebot/events/want_course",
+        params=bot,
+        data={"offer": "python-basics", "price": "14900", "id": f"want-{CLIENT_ID}-1"},
+    )
+    say(f"   POST …/v1/salebot/events/want_course → {want.json()}")
+    await _until(lambda: bool(sb_state.calls_of("callback")), "the payment link")
+    ready = sb_state.calls_of("callback")[0].body
+    (deal,) = gc_state.deals.values()
+    say(f"   GetCourse made order №{deal.number} ({deal.title}, {deal.cost} ₽) and syncd told")
+    say(f"   the bot: callback {ready['message']!r} with {_variables(ready)}")
+    say("   — its block shows Анна a «pay» button with that link.")
 
     assert user is not None
-    deal = gc_state.add_deal(user, 14900, status="new", title="Python с нуля")
     obj = {"id": deal.id, "number": deal.number, "status": deal.status,
-           "cost_money_value": "14900", "user": {"id": user.id, "email": EMAIL}}  # fmt: skip
+           "cost_money_value": str(deal.cost), "user": {"id": user.id, "email": EMAIL}}  # fmt: skip
     url = (
         f"{base}/v1/getcourse/events/{{kind}}?token={TOKEN}&email={{object.user.email}}"
         "&user_id={object.user.id}&id={object.id}&number={object.number}"
         "&cost={object.cost_money_value}"
     )
-    say("")
-    say(f"3. Анна orders the course «{deal.title}» for 14 900 ₽. A GetCourse process calls syncd:")
-    created = await fire_process_call(url.replace("{kind}", "deal.created"), obj)
-    say(f"   GET …/v1/getcourse/events/deal.created → {created.json()}")
-    await _until(lambda: bool(sb_state.calls_of("callback")), "the first callback")
-    first = sb_state.calls_of("callback")[0].body
-    say(f"   The bot got callback {first['message']!r} with {_variables(first)}:")
-    say("   its block reminds Анна how to pay.")
-
     say("")
     say("4. Анна pays. GetCourse calls syncd twice (a process and a Tech API webhook):")
     deal.status = "payed"
@@ -188,6 +204,7 @@ def _variables(body: dict[str, Any]) -> dict[str, Any]:
 async def _summary(
     say: Say, settings: Settings, sb_state: salebot.SalebotState, elapsed: float
 ) -> None:
+    from syncd.report import as_table, funnel
     from syncd.store import outbox
     from syncd.store.engine import create_engine
     from syncd.store.events import listing
@@ -199,6 +216,7 @@ async def _summary(
         person = await find_identity(engine, email=EMAIL)
         events = await listing(engine, None, 100)
         figures = await outbox.stats(engine)
+        report = await funnel(engine, "source", None, None)
     finally:
         await engine.dispose()
     assert person is not None
@@ -216,6 +234,10 @@ async def _summary(
     say("Summary")
     for name, value in rows:
         say(f"  {name:<{width}}  {value}")
+    say("")
+    say("The analyst's funnel (`syncd report funnel`; --format html draws it):")
+    for line in as_table(report).rstrip("\n").splitlines():
+        say(f"  {line}")
 
 
 async def _until_settled(engine: Any) -> None:

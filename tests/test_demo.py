@@ -23,16 +23,20 @@ def test_demo_tells_the_story_and_exits_0(tmp_path: Path) -> None:
     assert time.monotonic() - started < 30
     out = done.stdout
     for step in (
-        "1. Анна writes to @myschool_bot",
-        "2. syncd writes her Telegram id",
-        "3. Анна orders",
+        "1. Анна taps an ad in VK and starts @myschool_bot",
+        "2. Анна sends her email",
+        "3. Анна taps «Хочу курс»",
         "4. Анна pays",
         "Summary",
     ):
         assert step in out
     assert "{'telegram_id': '123456789', 'sb_294495_id': '987654'}" in out
-    assert "bot callbacks  gc_deal_created, gc_deal_paid" in out
-    assert "3 sent, 0 dead, 0 pending" in out
+    # the round trip: the bot's event made an order whose payment link came back
+    assert re.search(r"'gc_payment_link': 'https://[^']+/dealPay/id/\d+", out), out
+    assert "bot callbacks  gc_deal_ready, gc_deal_paid" in out
+    assert "4 sent, 0 dead, 0 pending" in out
+    # and the analyst's funnel: Анна, from the VK ad, through to a paid order
+    assert re.search(r"vk_ads\s+1\s+1\s+100\.0%\s+1\s+100\.0%\s+1\s+100\.0%\s+14 900", out), out
     assert not list(tmp_path.iterdir())  # the temporary database is gone
 
 
