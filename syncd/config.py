@@ -4,8 +4,10 @@ Where the file is: ``--config PATH``, else ``$SYNCD_CONFIG``, else ``./syncd.tom
 ``/etc/syncd/syncd.toml``. With none of them present the built-in defaults are used.
 
 Precedence, lowest first: built-in defaults < the TOML file < secrets in
-``$CREDENTIALS_DIRECTORY`` (``getcourse-api-key``, ``salebot-api-key``, ``webhook-token``)
-< environment variables ``SYNCD_<SECTION>__<KEY>`` (``SYNCD_GETCOURSE__POLL__INTERVAL``).
+``$CREDENTIALS_DIRECTORY`` (``getcourse-api-key``, ``salebot-api-key``, ``webhook-token``,
+``webhook-token-previous`` — one token a line —, ``database-url``; an empty file of the
+last two counts as absent) < environment variables ``SYNCD_<SECTION>__<KEY>``
+(``SYNCD_GETCOURSE__POLL__INTERVAL``).
 
 Every problem becomes one :class:`~syncd.errors.ConfigError` naming the dotted key.
 """
@@ -38,7 +40,11 @@ CREDENTIALS = {
     "getcourse-api-key": ("getcourse", "api_key"),
     "salebot-api-key": ("salebot", "api_key"),
     "webhook-token": ("http", "token"),
+    "webhook-token-previous": ("http", "previous_tokens"),
+    "database-url": ("database", "url"),
 }
+#: credentials whose empty file means "not set": keep the TOML (or the default) value
+OPTIONAL_CREDENTIALS = frozenset({"webhook-token-previous", "database-url"})
 
 _DURATION_PART = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -80,6 +86,9 @@ class _Section(BaseModel):
 class DatabaseSettings(_Section):
     url: str = "sqlite:///./syncd.db"
     auto_migrate: bool = True
+    #: SQLite: "full" fsyncs every commit before a 2xx (survives a power loss); "normal"
+    #: survives a crash of the process only, for more speed. PostgreSQL: its own settings.
+    durability: Literal["full", "normal"] = "full"
 
     @field_validator("url")
     @classmethod
@@ -94,7 +103,25 @@ class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8787, ge=0, le=65535)
     token: str = ""
+    #: still accepted beside ``token`` while URLs are being rotated (docs/install.md)
+    previous_tokens: Annotated[list[str], BeforeValidator(_split_list)] = Field(
+        default_factory=list
+    )
+    #: when set, ``GET /metrics`` needs it (same transports as /v1)
+    metrics_token: str = ""
+    #: close a connection with no complete request head by then, or a body still coming
+    header_timeout: Duration = timedelta(seconds=10)
+    body_timeout: Duration = timedelta(seconds=30)
+    #: above it, new connections are refused at once (a 503, then closed)
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
     max_body_bytes: int = Field(default=65536, ge=256, le=16 * 1024 * 1024)
+
+    @field_validator("header_timeout", "body_timeout")
+    @classmethod
+    def _timeout_set(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("must be at least 1s")
+        return value
 
 
 class IdentitySettings(_Section):
@@ -139,6 +166,8 @@ class DeliverySettings(_Section):
     first_retry: Duration = timedelta(seconds=5)
     max_backoff: Duration = timedelta(hours=1)
     wait_for_link: Duration = timedelta(days=7)
+    #: older events are history: stored, no call (SPEC §11); 0 switches the check off
+    max_event_age: Duration = timedelta(days=2)
     concurrency: int = Field(default=16, ge=1, le=256)
     lease: Duration = timedelta(seconds=60)
 
@@ -157,11 +186,21 @@ class LogSettings(_Section):
 
 class Rule(_Section):
     event: str = Field(pattern=r"^[a-z0-9_.]+$")
-    action: Literal["callback", "message", "save_variables"]
+    action: Literal["callback", "message", "save_variables", "gc_update_user", "gc_create_deal"]
     message: str = ""
     variables: dict[str, str] = Field(default_factory=dict)
     where: dict[str, str] = Field(default_factory=dict)
     fields: list[str] = Field(default_factory=list)
+    # GetCourse actions (SPEC §10): templates like ``message``
+    addfields: dict[str, str] = Field(default_factory=dict)
+    groups: list[str | tuple[str, str]] = Field(default_factory=list)
+    offer_code: str = ""
+    offer_id: str = ""
+    product_title: str = ""
+    cost: str = ""
+    status: str = ""
+    comment: str = ""
+    reply: str = ""
 
 
 class Settings(_Section):
@@ -214,7 +253,14 @@ def load(
         for name, (section, key) in CREDENTIALS.items()
         if raw.get(section, {}).get(key)
         if isinstance(raw.get(section), dict)
+        if name != "database-url"
     ]
+    database = raw.get("database")
+    if isinstance(database, dict) and _has_password(database.get("url")):
+        warnings.append(
+            f"database.url carries a password inline in {path}; "
+            "prefer $CREDENTIALS_DIRECTORY/database-url or SYNCD_DATABASE__URL"
+        )
     _apply_credentials(raw, env)
     _apply_env(raw, env)
     try:
@@ -237,7 +283,31 @@ def _apply_credentials(raw: dict[str, Any], env: Mapping[str, str]) -> None:
                 raise ConfigError(
                     f"{section}.{key}", f"cannot read credential {name}: {exc}"
                 ) from None
+            if name in OPTIONAL_CREDENTIALS and not value:
+                continue
+            if key == "previous_tokens":
+                tokens: Any = [line.strip() for line in value.splitlines() if line.strip()]
+                _section(raw, [section], f"{section}.{key}")[key] = tokens
+                continue
             _section(raw, [section], f"{section}.{key}")[key] = value
+
+
+def _has_password(url: object) -> bool:
+    """Does a database URL carry a password (``scheme://user:PASSWORD@host``)?"""
+    if not isinstance(url, str):
+        return False
+    _, _, rest = url.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    return bool(at) and ":" in userinfo
+
+
+def _shown_url(url: str) -> str:
+    """A database URL for a message: the password replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not (sep and at and ":" in userinfo):
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -270,7 +340,8 @@ def _config_error(exc: ValidationError) -> ConfigError:
         return ConfigError(key, "is required")
     message = str(first["msg"]).removeprefix("Value error, ")
     value = first.get("input")
-    shown = (
-        "" if key.endswith(("api_key", "token")) or isinstance(value, dict) else f" (got {value!r})"
-    )
+    if key == "database.url" and isinstance(value, str):
+        return ConfigError(key, f"{message} (got {_shown_url(value)!r})")
+    secret = key.endswith(("api_key", "token")) or key.startswith("http.previous_tokens")
+    shown = "" if secret or isinstance(value, dict) else f" (got {value!r})"
     return ConfigError(key, f"{message}{shown}")

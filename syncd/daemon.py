@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import signal
 import socket
 from collections import Counter
@@ -32,17 +33,20 @@ from syncd.config import Settings
 from syncd.errors import ConfigError, PermanentError, StoreUnavailable
 from syncd.events import NewEvent
 from syncd.http.app import AppContext, create_app
+from syncd.http.server import Limits, guarded
+from syncd.http.wire import with_utf8_targets
 from syncd.metrics import Metrics
 from syncd.notify import Notifier
 from syncd.outbox import Dispatcher, Sender
 from syncd.poller import Poller, jobs
 from syncd.ratelimit import RateLimiter
 from syncd.retry import BackoffPolicy
-from syncd.rules import compile_rules
+from syncd.rules import Skip, compile_rules, unproduced_kinds
+from syncd.scheduled import StoppableJobs
 from syncd.store import schema
 from syncd.store.engine import create_engine, safe_url
 from syncd.store.errors import translated
-from syncd.store.events import Addressing, EventStore, IngestResult, expire_waiting
+from syncd.store.events import Addressing, EventStore, IngestResult, OnSkips, expire_waiting
 from syncd.store.links import Effects, LinkRequest, LinkResult, LinkStore, no_effects
 from syncd.writeback import WriteBack
 
@@ -84,9 +88,40 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+#: Descriptors beyond ``http.max_connections``: database pool, outgoing calls, logs.
+SPARE_DESCRIPTORS = 256
+
+
+def connection_limits(settings: Settings) -> Limits:
+    """``http.header_timeout``, ``body_timeout``, ``max_connections``; the descriptor limit
+    raised to fit them where the hard limit allows (the unit sets ``LimitNOFILE=``)."""
+    h = settings.http
+    limits = Limits(
+        h.header_timeout.total_seconds(), h.body_timeout.total_seconds(), h.max_connections
+    )
+    needed = h.max_connections + SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(OSError, ValueError):  # the unit's filter may refuse
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        if soft < needed:
+            logger.warning(
+                "only {} file descriptors for http.max_connections = {}: raise LimitNOFILE= "
+                "(or ulimit -n) to {} or lower http.max_connections",
+                soft,
+                h.max_connections,
+                needed,
+            )
+    return limits
+
+
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT."""
     addressing(settings)  # a bad rule stops start-up before anything opens
+    for warning in unproduced_kinds(settings.rules):
+        logger.warning(warning)
     if not settings.http.token:
         raise ConfigError("http.token", "must be set (the shared secret of every /v1 endpoint)")
     stop = asyncio.Event()
@@ -111,9 +146,11 @@ def senders(http: httpx.AsyncClient, settings: Settings) -> dict[str, Sender]:
     salebot = SalebotClient(http, settings.salebot.base_url, settings.salebot.api_key)
 
     async def to_getcourse(action: str, payload: dict[str, Any]) -> object:
-        if action != "import_user":
-            raise PermanentError(f"unknown getcourse action {action!r}")
-        return await getcourse.import_user(payload)
+        if action == "import_user":
+            return await getcourse.import_user(payload)
+        if action == "import_deal":
+            return await getcourse.import_deal(payload)
+        raise PermanentError(f"unknown getcourse action {action!r}")
 
     async def to_salebot(action: str, payload: dict[str, Any]) -> object:
         return await salebot.call(action, payload)
@@ -191,7 +228,7 @@ def counted_new(
 
 def _observe(metrics: Metrics, counts: Counter[tuple[str, str, bool]]) -> None:
     for (kind, source, repeat), n in counts.items():
-        metrics.events.labels(kind, source, str(repeat).lower()).inc(n)
+        metrics.events.labels(metrics.kind(kind), source, str(repeat).lower()).inc(n)
 
 
 def addressing(settings: Settings) -> Addressing:
@@ -201,7 +238,57 @@ def addressing(settings: Settings) -> Addressing:
         settings.salebot.project_id,
         settings.salebot.bot_name,
         settings.delivery.wait_for_link,
+        settings.delivery.max_event_age,
     )
+
+
+def skip_reporter(metrics: Metrics | None) -> OnSkips:
+    """One log line per rule and reason for the rules that made no call (SPEC §11)."""
+
+    def report(skips: list[Skip]) -> None:
+        by_rule: dict[tuple[int, str], list[Skip]] = {}
+        for skip in skips:
+            by_rule.setdefault((skip.rule.index, skip.reason), []).append(skip)
+        for (index, reason), same in sorted(by_rule.items()):
+            rule = same[0].rule
+            if metrics is not None:
+                metrics.rule_skips.labels(f"{index}:{rule.event}", reason).inc(len(same))
+            logger.bind(rule=rule.name, reason=reason, events=len(same)).info(
+                "{}: {} event(s) made no call: {} ({})",
+                rule.name,
+                len(same),
+                reason,
+                same[0].detail,
+            )
+
+    return report
+
+
+def event_store(engine: AsyncEngine, settings: Settings, metrics: Metrics | None) -> EventStore:
+    return EventStore(engine, addressing(settings), skip_reporter(metrics))
+
+
+def link_store(engine: AsyncEngine, settings: Settings, events: EventStore) -> LinkStore:
+    """What ``POST /v1/links`` and ``syncd identity link`` both apply links with."""
+    return LinkStore(engine, settings.identity.on_conflict, write_back(settings), events.after_link)
+
+
+async def _sync_writeback(engine: AsyncEngine, settings: Settings) -> None:
+    """At start, with a GetCourse key: queue the write-backs GetCourse never confirmed."""
+    effects = write_back(settings)
+    if not isinstance(effects, WriteBack):
+        return
+    from syncd.store.writeback import sync
+
+    try:
+        queued = await sync(engine, effects)
+    except StoreUnavailable as exc:
+        logger.warning("cannot check which links GetCourse has not confirmed: {}", exc)
+        return
+    if queued:
+        logger.info(
+            "{} people's keys were never confirmed by GetCourse: writes queued", len(queued)
+        )
 
 
 async def _expire(engine: AsyncEngine) -> None:
@@ -217,12 +304,12 @@ async def _expire(engine: AsyncEngine) -> None:
 async def serve_until(settings: Settings, stop: asyncio.Event) -> None:
     """Everything `syncd run` runs, until `stop` is set (no signal handling here)."""
     async with AsyncExitStack() as stack:
-        engine = create_engine(settings.database.url)
+        engine = create_engine(settings.database.url, durability=settings.database.durability)
         stack.push_async_callback(engine.dispose)
         await prepare_schema(engine, settings.database.auto_migrate)
         if not settings.getcourse.api_key:
             logger.warning("getcourse.api_key is empty: links are not written back to GetCourse")
-        metrics = Metrics()
+        metrics = Metrics(kinds=(rule.event for rule in settings.rules))
         http = await stack.enter_async_context(new_http_client())
         dispatcher = await stack.enter_async_context(
             Dispatcher(
@@ -235,31 +322,33 @@ async def serve_until(settings: Settings, stop: asyncio.Event) -> None:
                 metrics=metrics,
             )
         )
-        event_store = EventStore(engine, addressing(settings))
-        store = LinkStore(
-            engine, settings.identity.on_conflict, write_back(settings), event_store.after_link
-        )
+        events_in = event_store(engine, settings, metrics)
+        store = link_store(engine, settings, events_in)
+        await _sync_writeback(engine, settings)
 
         apply_links = waking(store.apply, store, dispatcher)
         links: Batcher[LinkRequest, LinkResult] = await stack.enter_async_context(
             Batcher(apply_links, name="links")
         )
-        apply_events = counted(waking(event_store.ingest, event_store, dispatcher), metrics)
+        apply_events = counted(waking(events_in.ingest, events_in, dispatcher), metrics)
         events: Batcher[NewEvent, IngestResult] = await stack.enter_async_context(
             Batcher(apply_events, name="events")
         )
         scheduler = AsyncIOScheduler(timezone="UTC")
+        stoppable = StoppableJobs()  # a stop mid-job is one log line, not a traceback
         scheduler.add_job(_expire, "interval", seconds=60, args=[engine], id="expire-waiting")
         poll = settings.getcourse.poll
         if poll.interval.total_seconds() > 0 and settings.getcourse.api_key:
-            poll_events = counted_new(
-                waking(event_store.ingest_new, event_store, dispatcher), metrics
-            )
+            poll_events = counted_new(waking(events_in.ingest_new, events_in, dispatcher), metrics)
             poller = Poller(
                 engine, http, settings.getcourse.url, settings.getcourse.api_key, poll_events
             )
             scheduler.add_job(
-                poller.cycle,
+                stoppable.wrap(
+                    poller.cycle,
+                    "poller: stopped while waiting for GetCourse; "
+                    "a started export is collected at the next start",
+                ),
                 "interval",
                 seconds=poll.interval.total_seconds(),
                 args=[jobs(poll.exports, poll.groups, poll.since)],
@@ -271,6 +360,7 @@ async def serve_until(settings: Settings, stop: asyncio.Event) -> None:
         elif poll.interval.total_seconds() > 0:
             logger.warning("getcourse.api_key is empty: the export poller is off")
         scheduler.start()
+        stack.push_async_callback(stoppable.stop)  # runs after the scheduler's shutdown
         stack.callback(scheduler.shutdown, wait=False)
         ctx = AppContext(
             engine=engine,
@@ -280,6 +370,8 @@ async def serve_until(settings: Settings, stop: asyncio.Event) -> None:
             max_body_bytes=settings.http.max_body_bytes,
             project_id=settings.salebot.project_id,
             metrics=metrics,
+            previous_tokens=tuple(settings.http.previous_tokens),
+            metrics_token=settings.http.metrics_token,
         )
         app = create_app(ctx)
         reporter = asyncio.create_task(report_activity(ctx.counts), name="activity")
@@ -295,6 +387,8 @@ async def serve_until(settings: Settings, stop: asyncio.Event) -> None:
                 server_header=False,
                 proxy_headers=False,  # syncd reads no client address
                 timeout_graceful_shutdown=GRACEFUL_SECONDS,
+                http=with_utf8_targets(guarded(connection_limits(settings), metrics)),
+                ws="none",  # no WebSocket routes: an upgrade is an ordinary request
             )
         )
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="http")

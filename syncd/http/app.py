@@ -7,26 +7,28 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from syncd.batching import Batcher
+from syncd.bot_events import from_salebot
 from syncd.errors import InvalidInput, StoreUnavailable
-from syncd.events import NewEvent, from_process, from_techapi
-from syncd.http.auth import Unauthorized, require_token
+from syncd.events import MAX_EXTERNAL_ID, MAX_KIND, NewEvent, from_process, from_techapi
+from syncd.http.auth import Tokens, Unauthorized, require_token
 from syncd.http.hotpath import Handler, HotPaths
 from syncd.http.params import BodyTooLarge, read_params
 from syncd.identity import normalise_link
 from syncd.logs import mask_email
-from syncd.metrics import Metrics, Timed
+from syncd.metrics import Metrics, Timed, route_of
 from syncd.store import exports, schema
 from syncd.store import outbox as outbox_store
 from syncd.store.events import IngestResult
@@ -35,6 +37,10 @@ from syncd.store.models import utcnow
 
 #: How long a request waits for the store before answering 503.
 STORE_WAIT_SECONDS = 15.0
+#: How long /readyz and /metrics wait for the store, however it fails to answer.
+PROBE_SECONDS = 5.0
+#: The longest email a column holds (``identities.email``, ``events.email``).
+MAX_EMAIL = 320
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,10 @@ class AppContext:
     #: links answered, by status, since the last activity report (see syncd.daemon)
     counts: Counter[str] = field(default_factory=Counter)
     metrics: Metrics = field(default_factory=Metrics)
+    #: accepted beside ``token`` while URLs are rotated; each use is counted
+    previous_tokens: tuple[str, ...] = ()
+    #: when set, GET /metrics needs it
+    metrics_token: str = ""
 
 
 def failure(status: int, error: str, detail: str = "", **extra: Any) -> JSONResponse:
@@ -58,8 +68,17 @@ def failure(status: int, error: str, detail: str = "", **extra: Any) -> JSONResp
     return JSONResponse(body, status_code=status)
 
 
+BOT_EVENTS = "/v1/salebot/events/"
+
+
 def create_app(ctx: AppContext) -> ASGIApp:
-    token = ctx.token.encode()
+    previous_used = ctx.metrics.auth_previous
+    token = Tokens(
+        ctx.token,
+        ctx.previous_tokens,
+        lambda request: previous_used.labels(route_of(request.scope["path"])).inc(),
+    )
+    metrics_token = Tokens(ctx.metrics_token) if ctx.metrics_token else None
 
     links_total = ctx.metrics.links
 
@@ -94,9 +113,11 @@ def create_app(ctx: AppContext) -> ASGIApp:
         )
 
     async def ingest(event: NewEvent) -> Response:
+        check_storable(event)
         async with asyncio.timeout(STORE_WAIT_SECONDS):
             result = await ctx.events.submit(event)
-        ctx.counts[f"event {event.kind}" + (" (duplicate)" if result.duplicate else "")] += 1
+        kind = ctx.metrics.kind(event.kind)  # bounded: the activity line names each one
+        ctx.counts[f"event {kind}" + (" (duplicate)" if result.duplicate else "")] += 1
         logger.debug("event {} {} → {}", event.kind, result.event_id, result.status)
         return JSONResponse(
             {"success": True, "event_id": result.event_id, "duplicate": result.duplicate}
@@ -107,14 +128,20 @@ def create_app(ctx: AppContext) -> ASGIApp:
         params = await read_params(request, ctx.max_body_bytes)
         return await ingest(from_process(request.path_params["event"], params))
 
+    async def salebot_event(request: Request) -> Response:
+        require_token(request, token)
+        params = await read_params(request, ctx.max_body_bytes)
+        return await ingest(from_salebot(request.path_params["event"], params, ctx.project_id))
+
     async def getcourse_techapi(request: Request) -> Response:
         require_token(request, token)
         return await ingest(from_techapi(await read_params(request, ctx.max_body_bytes)))
 
-    async def metrics(_: Request) -> Response:
-        try:
-            async with asyncio.timeout(5):
-                await refresh_gauges(ctx.engine, ctx.metrics)
+    async def metrics(request: Request) -> Response:
+        if metrics_token is not None:
+            metrics_token.check(request)
+        try:  # at most once per GAUGE_SECONDS: a scrape flood never reaches the database
+            await ctx.metrics.gauges(refresh)
         except Exception as exc:  # the counters are still worth serving
             logger.warning("metrics: cannot read the store: {}", type(exc).__name__)
         return Response(ctx.metrics.exposition(), media_type="text/plain; version=0.0.4")
@@ -122,15 +149,17 @@ def create_app(ctx: AppContext) -> ASGIApp:
     async def healthz(_: Request) -> Response:
         return JSONResponse({"success": True, "status": "alive"})
 
+    readiness = Readiness(ctx.engine)
+
+    async def refresh() -> None:
+        ctx.metrics.ready.set(await readiness.reason() is None)
+        await within(PROBE_SECONDS, refresh_gauges(ctx.engine, ctx.metrics))
+
     async def readyz(_: Request) -> Response:
-        try:
-            async with asyncio.timeout(5):  # reading the revision proves the store answers
-                current = await schema.current(ctx.engine)
-        except Exception as exc:
-            return failure(503, "unavailable", f"database: {type(exc).__name__}")
-        if current != {schema.HEAD}:
-            return failure(503, "unavailable", "migrations are not at head: run `syncd migrate`")
-        return JSONResponse({"success": True, "status": "ready", "revision": sorted(current)})
+        reason = await readiness.reason()
+        if reason is not None:
+            return failure(503, "unavailable", reason)
+        return JSONResponse({"success": True, "status": "ready", "revision": [schema.HEAD]})
 
     handlers = _handlers()
     app = Starlette(
@@ -138,12 +167,15 @@ def create_app(ctx: AppContext) -> ASGIApp:
             Route("/v1/links", post_links, methods=["POST"]),
             Route("/v1/getcourse/events/{event}", getcourse_event, methods=["GET", "POST"]),
             Route("/v1/getcourse/techapi", getcourse_techapi, methods=["POST"]),
+            Route("/v1/salebot/events/{event}", salebot_event, methods=["GET", "POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers=handlers,
     )
+    # /v1/links/ is no other route: a JSON 404, never a 307 whose Location echoes ?token=
+    app.router.redirect_slashes = False
     kinds = {kind: handler for kind, handler in handlers.items() if isinstance(kind, type)}
     events = "/v1/getcourse/events/"
     hot = HotPaths(
@@ -153,9 +185,86 @@ def create_app(ctx: AppContext) -> ASGIApp:
         {
             ("GET", events): ("event", getcourse_event),
             ("POST", events): ("event", getcourse_event),
+            ("GET", BOT_EVENTS): ("event", salebot_event),
+            ("POST", BOT_EVENTS): ("event", salebot_event),
         },
     )
     return Timed(hot, ctx.metrics)
+
+
+async def not_ready(engine: AsyncEngine) -> str | None:
+    """Why the daemon is not ready (``/readyz``, ``syncd_ready``), or None when it is."""
+    return await Readiness(engine).reason()
+
+
+class Readiness:
+    """The store check of /readyz: within PROBE_SECONDS, one at a time, logged per change."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._pending: asyncio.Future[frozenset[str]] | None = None
+        self._said: str | None = None  # the reason last logged; None: ready
+
+    async def reason(self) -> str | None:
+        """Why the daemon is not ready, or None when it is."""
+        try:  # reading the revision proves the store answers
+            if self._pending is not None and not self._pending.done():
+                raise TimeoutError  # the last check is still stuck: no second connection
+            self._pending = asyncio.ensure_future(schema.current(self.engine))
+            current = await within(PROBE_SECONDS, self._pending)
+        except TimeoutError:
+            return self._not_ready(f"database: no answer within {PROBE_SECONDS:.0f} s")
+        except Exception as exc:
+            return self._not_ready(f"database: {type(exc).__name__}")
+        if current != {schema.HEAD}:
+            return self._not_ready("migrations are not at head: run `syncd migrate`")
+        if self._said is not None:
+            logger.info("ready again")
+            self._said = None
+        return None
+
+    def _not_ready(self, reason: str) -> str:
+        if reason != self._said:  # once per change: probes must not flood the log
+            logger.warning("not ready: {}", reason)
+            self._said = reason
+        return reason
+
+
+T = TypeVar("T")
+
+
+async def within(seconds: float, work: Awaitable[T]) -> T:
+    """``await work``, or TimeoutError after ``seconds``: a hard limit.
+
+    ``asyncio.timeout`` returns only once the cancelled work has unwound, and a
+    connection to a database that black-holes packets can take far longer to give up
+    (seen: /readyz 15 s against its 5 s). Here the work runs as a task that is cancelled
+    and left to unwind on its own.
+    """
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        raise TimeoutError
+    return task.result()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # it unwound with an error: nobody waits for it any more
+
+
+def check_storable(event: NewEvent) -> None:
+    """What the bounded columns hold, checked here so both databases answer alike."""
+    if len(event.kind) > MAX_KIND:
+        raise InvalidInput("invalid_event", f"the event name is longer than {MAX_KIND}")
+    if len(event.external_id) > MAX_EXTERNAL_ID:
+        raise InvalidInput(
+            "invalid_id", f"the event id (with its status) is longer than {MAX_EXTERNAL_ID}"
+        )
+    if event.email is not None and len(event.email) > MAX_EMAIL:
+        raise InvalidInput("invalid_email", f"email is longer than {MAX_EMAIL}")
 
 
 async def refresh_gauges(engine: AsyncEngine, metrics: Metrics) -> None:
@@ -179,6 +288,10 @@ def _handlers() -> dict[Any, Handler]:
     async def too_large(_: Request, __: Exception) -> Response:
         return failure(413, "body_too_large")
 
+    async def disconnected(_: Request, __: Exception) -> Response:
+        # the client went (or header/body_timeout closed it): nobody reads this answer
+        return failure(400, "disconnected")
+
     async def unavailable(_: Request, exc: Exception) -> Response:
         logger.warning("store unavailable: {}", exc or type(exc).__name__)
         return failure(503, "unavailable")
@@ -195,6 +308,7 @@ def _handlers() -> dict[Any, Handler]:
         InvalidInput: invalid,
         Unauthorized: unauthorized,
         BodyTooLarge: too_large,
+        ClientDisconnect: disconnected,
         StoreUnavailable: unavailable,
         TimeoutError: unavailable,
         404: not_found,

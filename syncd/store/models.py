@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -14,6 +15,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
     String,
     Text,
     TypeDecorator,
@@ -77,6 +79,10 @@ class Identity(Base):
     gc_user_id: Mapped[int | None] = mapped_column(BigInteger, unique=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    #: The keys a successful GetCourse import last wrote into the person's custom fields
+    #: (SPEC §11): ``syncd writeback sync`` queues the write where they differ.
+    gc_telegram_id: Mapped[int | None] = mapped_column(BigInteger)
+    gc_client_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class SalebotClient(Base):
@@ -95,7 +101,8 @@ class IdentityChange(Base):
 
     __tablename__ = "identity_changes"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    identity_id: Mapped[int] = mapped_column(
+    #: NULL only on the trace ``syncd identity forget`` leaves (the identity is gone)
+    identity_id: Mapped[int | None] = mapped_column(
         BigId, ForeignKey("identities.id", ondelete="CASCADE"), index=True
     )
     source: Mapped[str] = mapped_column(String(32))
@@ -177,6 +184,20 @@ class Event(Base):
             sqlite_where=text("status = 'waiting_link'"),
             postgresql_where=text("status = 'waiting_link'"),
         ),
+        # bot events of people no link names yet, found again when one does (0006)
+        Index(
+            "ix_events_unlinked_telegram_id",
+            "telegram_id",
+            sqlite_where=text("identity_id IS NULL"),
+            postgresql_where=text("identity_id IS NULL"),
+        ),
+        Index(
+            "ix_events_unlinked_client_id",
+            "project_id",
+            "client_id",
+            sqlite_where=text("identity_id IS NULL"),
+            postgresql_where=text("identity_id IS NULL"),
+        ),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     kind: Mapped[str] = mapped_column(String(64))
@@ -193,6 +214,10 @@ class Event(Base):
     status: Mapped[str] = mapped_column(String(16))
     wait_until: Mapped[datetime | None]
     notes: Mapped[str] = mapped_column(Text, server_default="")
+    #: A bot event's Salebot keys (SPEC §10); empty for GetCourse events.
+    telegram_id: Mapped[int | None] = mapped_column(BigInteger)
+    client_id: Mapped[int | None] = mapped_column(BigInteger)
+    project_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ExportState(Base):
@@ -224,3 +249,51 @@ class ExportRequest(Base):
     at: Mapped[datetime] = mapped_column(index=True)
     export: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(16))
+
+
+class AnalyticsDeal(Base):
+    """One GetCourse deal, however many sources told of it (SPEC §12; view ``syncd_deals``).
+
+    Written by :func:`syncd.store.deals.project` in the transaction of the deal events.
+    """
+
+    __tablename__ = "analytics_deals"
+    deal_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    number: Mapped[str | None] = mapped_column(String(64))
+    identity_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("identities.id", ondelete="SET NULL"), index=True
+    )
+    status: Mapped[str | None] = mapped_column(String(64))
+    status_at: Mapped[datetime | None]
+    cost: Mapped[Decimal | None] = mapped_column(Numeric())
+    paid_amount: Mapped[Decimal | None] = mapped_column(Numeric())
+    currency: Mapped[str | None] = mapped_column(String(16))
+    title: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime | None]
+    first_at: Mapped[datetime]
+    paid_at: Mapped[datetime | None]
+    utm_source: Mapped[str | None] = mapped_column(Text)
+    utm_medium: Mapped[str | None] = mapped_column(Text)
+    utm_campaign: Mapped[str | None] = mapped_column(Text)
+
+
+class AnalyticsBotContact(Base):
+    """A bot subscriber's first contact and first touch (SPEC §12; view ``syncd_people``).
+
+    ``key`` is ``sb:{project}:{client}`` or ``tg:{telegram_id}``. Written only by triggers
+    on ``events`` (migration 0007).
+    """
+
+    __tablename__ = "analytics_bot_contacts"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    project_id: Mapped[int | None] = mapped_column(BigInteger)
+    client_id: Mapped[int | None] = mapped_column(BigInteger)
+    telegram_id: Mapped[int | None] = mapped_column(BigInteger)
+    first_at: Mapped[datetime]
+    start: Mapped[str | None] = mapped_column(Text)
+    start_at: Mapped[datetime | None]
+    utm_source: Mapped[str | None] = mapped_column(Text)
+    utm_source_at: Mapped[datetime | None]
+    utm_campaign: Mapped[str | None] = mapped_column(Text)
+    utm_campaign_at: Mapped[datetime | None]

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncd.errors import SchemaNotReady
 
-HEAD = "0005"
+HEAD = "0007"
 
 
 async def current(engine: AsyncEngine) -> frozenset[str]:
