@@ -185,7 +185,7 @@ async def test_events_redo_fires_on_purpose_once(engine: AsyncEngine) -> None:
 
 async def test_links_made_before_getcourse_was_configured_reach_it_once(
     engine: AsyncEngine,
-    apis: tuple[str, str],
+    apis: tuple[str, str],  # noqa: F811
     gc_state: getcourse.GetCourseState,  # noqa: F811
 ) -> None:
     async for client in client_for(engine):  # the README's path: no GetCourse key yet
@@ -232,7 +232,15 @@ def test_the_cli_link_releases_waiting_events_like_the_webhook(
         try:
             store = event_store(engine, config(), None)
             await store.ingest(
-                [NewEvent("deal.paid", "77", "webhook", "gleb@school.ru", data={"deal_id": "77", "number": "7"})]
+                [
+                    NewEvent(
+                        "deal.paid",
+                        "77",
+                        "webhook",
+                        "gleb@school.ru",
+                        data={"deal_id": "77", "number": "7"},
+                    )
+                ]
             )
         finally:
             await engine.dispose()
