@@ -585,7 +585,11 @@ async def cmd_writeback_sync(args: argparse.Namespace, settings: config.Settings
             f"client_id={u.confirmed_client_id})"
         )
     verb = "would queue" if args.dry_run else "queued"
-    out(f"{verb} {len(todo)} GetCourse write(s)" if todo else "GetCourse has every current key")
+    out(
+        f"{verb} {len(todo)} GetCourse write(s)"
+        if todo
+        else "nothing to queue: GetCourse confirmed every current key, or its write is on its way"
+    )
     return 0
 
 
