@@ -26,33 +26,38 @@ import argparse
 import itertools
 import math
 import os
-import platform
 import re
 import resource
 import shlex
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-import uuid
-from collections.abc import Iterator
-from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from ingest import BenchError, cpu_seconds, free_port, proc_status, tail
+import harness
+from harness import (
+    BENCH,
+    LOOPBACK,
+    SYNCD,
+    BenchError,
+    Child,
+    Database,
+    cleaned_up,
+    command_line,
+    cpu_seconds,
+    free_port,
+    http_status,
+    machine,
+    proc_status,
+    tail,
+)
 
-BENCH = Path(__file__).resolve().parent
 EXPORT_SERVER = BENCH / "big_export_server.py"
-SYNCD = Path(sys.executable).parent / "syncd"
 KEY = "gc-bench-key-5d2a91"
-PG_ADMIN = os.environ.get("SYNCD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-LOOPBACK = "127.0.0.1"
 START = datetime(2024, 1, 1)  # GeneratedDeals' first deal, as big_export_server serves it
 PAID_EVERY = 3  # GeneratedDeals: deal i is payed when i % 3 == 0
 SAMPLE_EVERY = 0.1  # seconds between VmRSS samples
@@ -62,75 +67,6 @@ PROGRESS_EVERY = 5.0  # seconds between looks at how many events are stored so f
 MAX_WINDOWS = 45
 TARGET_ROWS_PER_SECOND = 20_000
 TARGET_RSS_MB = 100
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def http_status(url: str, timeout: float = 2) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-
-
-class Child:
-    """A child process, its output in a log file; stopped by SIGTERM, killed as a last resort."""
-
-    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str]):
-        self.name = name
-        self.argv = argv
-        self.log = log
-        self.env = env
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def spawn(self, stdout: Path | None = None) -> None:
-        with self.log.open("ab") as log, (stdout or self.log).open("ab") as out:
-            self.process = subprocess.Popen(
-                self.argv, cwd=self.log.parent, env=self.env, stdout=out, stderr=log
-            )
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def died(self) -> BenchError:
-        assert self.process is not None
-        return BenchError(
-            f"{self.name} exited {self.process.returncode} before it was ready:\n{tail(self.log)}"
-        )
-
-    def stop(self, timeout: float = 60) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-            raise BenchError(f"{self.name} did not stop within {timeout:.0f}s of SIGTERM") from None
-
-    def kill(self) -> None:
-        """Last resort, from a finally: no-op if already stopped (or reaped)."""
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            with suppress(subprocess.TimeoutExpired):
-                self.process.wait(10)
-
-
-@contextmanager
-def cleaned_up(child: Child) -> Iterator[Child]:
-    try:
-        yield child
-    finally:
-        child.kill()
 
 
 def syncd_env(db_url: str, base_url: str = "", **more: str) -> dict[str, str]:
@@ -146,91 +82,6 @@ def syncd_env(db_url: str, base_url: str = "", **more: str) -> dict[str, str]:
     }
     env.pop("SYNCD_CONFIG", None)  # the workdir holds no syncd.toml: defaults + these only
     return env
-
-
-# --------------------------------------------------------------------------- databases
-
-
-@dataclass
-class Database:
-    kind: str  # "sqlite" | "postgres"
-    url: str  # what syncd gets as SYNCD_DATABASE__URL
-    sqlite_path: Path | None = None
-    pg_conninfo: str | None = None
-
-    def query(self, statement: str) -> list[tuple[object, ...]]:
-        if self.sqlite_path is not None:
-            with closing(sqlite3.connect(self.sqlite_path)) as conn:
-                return [tuple(row) for row in conn.execute(statement).fetchall()]
-        import psycopg
-
-        assert self.pg_conninfo is not None
-        with psycopg.connect(self.pg_conninfo, autocommit=True) as conn:
-            return [tuple(row) for row in conn.execute(statement).fetchall()]
-
-    def events_so_far(self) -> int | None:
-        """The highest event id (ids are sequential): a cheap read while syncd writes."""
-        try:
-            if self.sqlite_path is not None:
-                uri = f"file:{self.sqlite_path}?mode=ro"
-                with closing(sqlite3.connect(uri, uri=True, timeout=0.5)) as conn:
-                    row = conn.execute("SELECT max(id) FROM events").fetchone()
-            else:
-                import psycopg
-
-                assert self.pg_conninfo is not None
-                with psycopg.connect(self.pg_conninfo, autocommit=True, connect_timeout=2) as pg:
-                    row = pg.execute("SELECT max(id) FROM events").fetchone()
-        except Exception:
-            return None
-        return int(row[0] or 0) if row else 0
-
-
-@contextmanager
-def sqlite_database(workdir: Path, label: str) -> Iterator[Database]:
-    path = workdir / f"syncd-{label}.db"
-    try:
-        yield Database("sqlite", f"sqlite:///{path}", sqlite_path=path)
-    finally:
-        for leftover in (
-            path,
-            path.with_name(path.name + "-wal"),
-            path.with_name(path.name + "-shm"),
-        ):
-            leftover.unlink(missing_ok=True)
-
-
-@contextmanager
-def postgres_database(admin_url: str) -> Iterator[Database]:
-    """A throwaway database, dropped (WITH FORCE) whatever happens."""
-    import psycopg
-    from psycopg import sql
-    from sqlalchemy.engine import make_url
-
-    admin = make_url(admin_url).set(drivername="postgresql")
-    if admin.host not in (LOOPBACK, "localhost", "::1"):
-        raise BenchError(f"PostgreSQL must be on the loopback, not {admin.host!r}")
-    name = f"syncd_bench_{uuid.uuid4().hex[:12]}"
-    admin_conninfo = admin.render_as_string(hide_password=False)
-    try:
-        with psycopg.connect(admin_conninfo, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg.OperationalError as exc:
-        raise BenchError(f"PostgreSQL not reachable at {admin_url}: {exc}") from None
-    try:
-        url = admin.set(database=name).render_as_string(hide_password=False)
-        shown = []
-        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-            for setting in ("server_version", "autovacuum", "synchronous_commit"):
-                row = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(setting))).fetchone()
-                shown.append(f"{setting} {row[0] if row else '?'}")
-        print(f"  PostgreSQL database {name}: {', '.join(shown)}", flush=True)
-        yield Database("postgres", url, pg_conninfo=url)
-    finally:
-        with psycopg.connect(admin_conninfo, autocommit=True, connect_timeout=5) as conn:
-            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-            conn.execute(drop.format(sql.Identifier(name)))
-        print(f"  dropped PostgreSQL database {name}", flush=True)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -467,7 +318,13 @@ def run_backfill(
     run.events = {str(kind): int(str(n)) for kind, n in counted}
     if run.events != plan.expected_events() and not run.timed_out:
         run.problems.append(f"events stored {run.events}, expected {plan.expected_events()}")
-    complaints = [line for line in tail(backfill.log, 100_000).splitlines() if line.startswith("{")]
+    # JSON lines on stderr: log records (warning and up) and progress reports; only the
+    # former are complaints
+    complaints = [
+        line
+        for line in tail(backfill.log, 100_000).splitlines()
+        if line.startswith("{") and not line.startswith('{"progress"')
+    ]
     if complaints:
         run.problems.append(
             f"{len(complaints)} warning/error log lines, first: {complaints[0][:300]}"
@@ -545,30 +402,6 @@ def describe(run: Run) -> None:
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = ""
-    try:
-        found = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
-        memory = f", RAM {int(found.group(1)) / 1024 / 1024:.1f} GiB" if found else ""
-    except OSError:
-        pass
-    load = ", load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    return (
-        f"nproc {cores} ({cpu or platform.machine()}){memory}{load}, Python "
-        f"{platform.python_version()} ({platform.python_implementation()}), "
-        f"{platform.system()} {platform.release()}"
-    )
-
-
 def rows_per_second(run: Run, plan: Plan) -> str:
     """rows/s; for a run killed at the timeout, estimated from the events stored by then."""
     if not run.seconds:
@@ -623,7 +456,7 @@ def summary(runs: list[Run], plan: Plan) -> None:
     widths = [max(len(line[i]) for line in table) for i in range(len(head))]
     print("\n=== syncd backfill benchmark: one GetCourse deals export into the event log ===")
     print(f"machine : {machine()}")
-    print(f"command : {shlex.join(getattr(sys, 'orig_argv', sys.argv))}  (cwd {Path.cwd()})")
+    print(f"command : {command_line()}")
     print(
         f"data    : {plan.rows:,} deals, one every {plan.step_seconds} s from {START:%Y-%m-%d}, "
         f"{plan.since}..{plan.until} ({plan.days} days), every {PAID_EVERY}rd payed, "
@@ -657,12 +490,8 @@ def summary(runs: list[Run], plan: Plan) -> None:
         print(
             f"target [{run.db}, {run.windows} x {run.window_days}d]: peak-idle {growth:.0f} MiB "
             f"({'ok' if growth <= TARGET_RSS_MB else 'MISSED'}: <= {TARGET_RSS_MB} MB)"
-            + (
-                f", {rate:,.0f} rows/s ({'ok' if rate >= TARGET_ROWS_PER_SECOND else 'MISSED'}: "
-                f">= {TARGET_ROWS_PER_SECOND:,} on SQLite)"
-                if run.db == "sqlite"
-                else ""
-            )
+            + f", {rate:,.0f} rows/s ({'ok' if rate >= TARGET_ROWS_PER_SECOND else 'MISSED'}: "
+            f">= {TARGET_ROWS_PER_SECOND:,}, both databases)"
         )
     for run in runs:
         for problem in run.problems:
@@ -673,13 +502,10 @@ def summary(runs: list[Run], plan: Plan) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=(
-            "Benchmark `syncd backfill` over a huge GetCourse deals export served by the "
-            "simulator: rows/s into the event log and the peak RSS against an idle daemon's, "
-            "on SQLite and PostgreSQL."
-        ),
-        epilog="Everything runs on 127.0.0.1; every run gets a fresh database.",
+    parser = harness.parser(
+        "Benchmark `syncd backfill` over a huge GetCourse deals export served by the "
+        "simulator: rows/s into the event log and the peak RSS against an idle daemon's, "
+        "on SQLite and PostgreSQL."
     )
     parser.add_argument(
         "--rows", type=int, default=1_000_000, help="deals in the export (default 1,000,000)"
@@ -705,19 +531,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default: all,30)",
     )
     parser.add_argument(
-        "--db", choices=("sqlite", "postgres", "all"), default="all", help="default: all"
-    )
-    parser.add_argument(
         "--timeout-minutes",
         type=float,
         default=20,
         help="give up on a backfill after this long (default 20)",
-    )
-    parser.add_argument(
-        "--pg-admin",
-        default=PG_ADMIN,
-        help="PostgreSQL URL to create/drop the throwaway databases through "
-        "(default $SYNCD_BENCH_PG or postgresql://postgres@127.0.0.1:5432/postgres)",
     )
     args = parser.parse_args(argv)
     if not 1 <= args.rows <= 100_000_000:
@@ -772,11 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{plan.window_days(spec)} days, {plan.rows:,} rows ---",
                         flush=True,
                     )
-                    with (
-                        sqlite_database(workdir, label)
-                        if kind == "sqlite"
-                        else postgres_database(args.pg_admin)
-                    ) as db:
+                    with harness.database(kind, workdir, args.pg_admin, label) as db:
                         run = run_backfill(
                             db, plan, spec, workdir, args.timeout_minutes * 60, label
                         )

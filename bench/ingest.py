@@ -7,9 +7,13 @@ bench/links.lua), then counts the rows in ``identities``. The ceiling is the sam
 against a raw ASGI app on the same server stack (bench/ceiling_app.py), measured right
 after each syncd run; the ratio syncd/ceiling is what syncd itself costs.
 
+``--route bot`` drives ``POST /v1/salebot/events/started`` instead (every request a new
+bot subscriber, bench/bot_events.lua) and counts ``bot.started`` events; ``--route both``
+measures the two routes one after the other in the same run.
+
 Run ``bash bench/setup.sh`` once (it installs wrk), then::
 
-    .venv/bin/python bench/ingest.py [--seconds 10] [--connections 32] [--db all]
+    .venv/bin/python bench/ingest.py [--seconds 10] [--connections 32] [--db all] [--route links]
 
 Exits 1 if wrk is missing, if any response was not 2xx, or if the rows stored do not
 match the responses wrk counted.
@@ -20,211 +24,47 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
-import signal
-import socket
-import sqlite3
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
-import uuid
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import harness
+from harness import (
+    LOOPBACK,
+    SYNCD,
+    BenchError,
+    Database,
+    Server,
+    command_line,
+    cpu_seconds,
+    free_port,
+    http,
+    machine,
+    proc_status,
+    running,
+    syncd_env,
+    tail,
+)
+from harness import table as render
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 LUA = BENCH / "links.lua"
+#: per route: the wrk script and what counts the rows it stores
+ROUTES = {
+    "links": (BENCH / "links.lua", "SELECT count(*) FROM identities"),
+    "bot": (BENCH / "bot_events.lua", "SELECT count(*) FROM events WHERE kind = 'bot.started'"),
+}
 CEILING_APP = BENCH / "ceiling_app.py"
-SYNCD = Path(sys.executable).parent / "syncd"
 TOKEN = "bench-token-7c1e2f"
-PG_ADMIN = os.environ.get("SYNCD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 #: Each wrk thread numbers its people from (thread + 1) * STRIDE: disjoint ranges.
 STRIDE = 1_000_000_000
 #: The one person the preflight request creates (below every thread's range).
 PREFLIGHT_ID = 7
-LOOPBACK = "127.0.0.1"
-
-
-class BenchError(Exception):
-    """The benchmark could not produce a trustworthy figure."""
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def http(method: str, url: str, body: bytes | None = None, timeout: float = 2) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method=method)
-    if body is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read()
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def proc_status(pid: int, key: str) -> int | None:
-    """A ``kB`` field of /proc/PID/status (VmHWM, VmRSS), in kB; None if unreadable."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    match = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) if match else None
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time the process has used so far."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Server:
-    """A child process serving HTTP on a loopback port, its output in a log file."""
-
-    def __init__(self, name: str, argv: list[str], port: int, log: Path, env: dict[str, str]):
-        self.name = name
-        self.argv = argv
-        self.port = port
-        self.log = log
-        self.env = env
-        self.base_url = f"http://{LOOPBACK}:{port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, ready_path: str, timeout: float = 60) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.argv, cwd=self.log.parent, env=self.env, stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError(
-                    f"{self.name} exited {self.process.returncode} before it was ready:\n"
-                    f"{tail(self.log)}"
-                )
-            try:
-                if http("GET", self.base_url + ready_path, timeout=1)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise BenchError(f"{self.name} not ready in {timeout:.0f}s:\n{tail(self.log)}")
-
-    def stop(self, timeout: float = 60) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-            raise BenchError(f"{self.name} did not stop within {timeout:.0f}s of SIGTERM") from None
-
-    def kill(self) -> None:
-        """Last resort, from a finally: no-op if already stopped."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
-@contextmanager
-def running(server: Server, ready_path: str) -> Iterator[Server]:
-    try:
-        server.start(ready_path)
-        yield server
-    finally:
-        server.kill()
-
-
-# --------------------------------------------------------------------------- databases
-
-
-@dataclass
-class Database:
-    kind: str  # "sqlite" | "postgres"
-    url: str  # what syncd gets as SYNCD_DATABASE__URL
-    sqlite_path: Path | None = None
-    pg_conninfo: str | None = None
-
-    def count_identities(self) -> int:
-        if self.sqlite_path is not None:
-            with closing(sqlite3.connect(self.sqlite_path)) as conn:
-                row = conn.execute("SELECT count(*) FROM identities").fetchone()
-            return int(row[0])
-        import psycopg
-
-        assert self.pg_conninfo is not None
-        with psycopg.connect(self.pg_conninfo, autocommit=True) as conn:
-            result = conn.execute("SELECT count(*) FROM identities").fetchone()
-        assert result is not None
-        return int(result[0])
-
-
-@contextmanager
-def sqlite_database(workdir: Path) -> Iterator[Database]:
-    path = workdir / "syncd.db"
-    yield Database("sqlite", f"sqlite:///{path}", sqlite_path=path)
-
-
-@contextmanager
-def postgres_database(admin_url: str) -> Iterator[Database]:
-    """A throwaway database, dropped (WITH FORCE) whatever happens."""
-    import psycopg
-    from psycopg import sql
-    from sqlalchemy.engine import make_url
-
-    admin = make_url(admin_url).set(drivername="postgresql")
-    if admin.host not in (LOOPBACK, "localhost", "::1"):
-        raise BenchError(f"PostgreSQL must be on the loopback, not {admin.host!r}")
-    name = f"syncd_bench_{uuid.uuid4().hex[:12]}"
-    admin_conninfo = admin.render_as_string(hide_password=False)
-    try:
-        with psycopg.connect(admin_conninfo, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg.OperationalError as exc:
-        raise BenchError(f"PostgreSQL not reachable at {admin_url}: {exc}") from None
-    try:
-        url = admin.set(database=name).render_as_string(hide_password=False)
-        yield Database("postgres", url, pg_conninfo=url)
-    finally:
-        with psycopg.connect(admin_conninfo, autocommit=True, connect_timeout=5) as conn:
-            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-            conn.execute(drop.format(sql.Identifier(name)))
-        print(f"  dropped PostgreSQL database {name}")
 
 
 # --------------------------------------------------------------------------- wrk
@@ -297,7 +137,7 @@ def parse_wrk(output: str, command: list[str]) -> WrkResult:
     )
 
 
-def run_wrk(wrk: str, port: int, args: argparse.Namespace) -> WrkResult:
+def run_wrk(wrk: str, port: int, args: argparse.Namespace, lua: Path = LUA) -> WrkResult:
     command = [
         wrk,
         f"-t{args.threads}",
@@ -305,7 +145,7 @@ def run_wrk(wrk: str, port: int, args: argparse.Namespace) -> WrkResult:
         f"-d{args.seconds}s",
         "--latency",
         "-s",
-        str(LUA),
+        str(lua),
         f"http://{LOOPBACK}:{port}",
         "--",
         TOKEN,
@@ -333,43 +173,44 @@ class Row:
     exit_code: int
     ceiling: WrkResult | None = None
     problems: list[str] = field(default_factory=list)
+    route: str = "links"
 
     @property
     def ratio(self) -> float | None:
         return self.wrk.rps / self.ceiling.rps if self.ceiling else None
 
 
-def run_syncd(db: Database, workdir: Path, wrk: str, args: argparse.Namespace) -> Row:
+def run_syncd(
+    db: Database, workdir: Path, wrk: str, args: argparse.Namespace, route: str = "links"
+) -> Row:
+    lua, counting = ROUTES[route]
     port = free_port()
-    env = {
-        **os.environ,
-        "SYNCD_DATABASE__URL": db.url,
-        "SYNCD_HTTP__HOST": LOOPBACK,
-        "SYNCD_HTTP__PORT": str(port),
-        "SYNCD_HTTP__TOKEN": TOKEN,
-        "SYNCD_LOG__FORMAT": "json",
-        "SYNCD_LOG__LEVEL": "info",
-    }
-    env.pop("SYNCD_CONFIG", None)
+    env = syncd_env(
+        db.url,
+        port,
+        SYNCD_HTTP__TOKEN=TOKEN,
+        SYNCD_LOG__LEVEL="info",
+        SYNCD_DATABASE__DURABILITY=args.durability,
+    )
     log = workdir / f"syncd-{db.kind}.log"
     daemon = Server(f"syncd ({db.kind})", [str(SYNCD), "run"], port, log, env)
     with running(daemon, "/readyz"):
         print(f"  syncd pid {daemon.pid} on {daemon.base_url}, log {log}", flush=True)
         preflight(daemon)
-        before = db.count_identities()
+        before = db.count(counting)
         cpu_before = cpu_seconds(daemon.pid)
-        result = run_wrk(wrk, port, args)
+        result = run_wrk(wrk, port, args, lua)
         cpu_after = cpu_seconds(daemon.pid)
         peak_rss = proc_status(daemon.pid, "VmHWM")
         exit_code = daemon.stop()
     # Counted after a graceful stop: requests still in flight when wrk hung up are drained.
-    stored = db.count_identities() - before
+    stored = db.count(counting) - before
     cpu = (
         100 * (cpu_after - cpu_before) / result.seconds
         if cpu_before is not None and cpu_after is not None
         else None
     )
-    row = Row(db.kind, result, stored, peak_rss, cpu, exit_code)
+    row = Row(db.kind, result, stored, peak_rss, cpu, exit_code, route=route)
     if result.non_2xx:
         row.problems.append(f"{result.non_2xx} non-2xx responses: links/s is NOT a valid figure")
     if exit_code != 0:
@@ -397,7 +238,8 @@ def preflight(daemon: Server) -> None:
         }
     ).encode()
     status, answer = http("POST", f"{daemon.base_url}/v1/links?token={TOKEN}", body, timeout=15)
-    if status != 200 or json.loads(answer).get("status") != "created":
+    # "unchanged": the second route of --route both, on the same database
+    if status != 200 or json.loads(answer).get("status") not in ("created", "unchanged"):
         raise BenchError(f"preflight POST /v1/links answered {status}: {answer!r}")
 
 
@@ -427,22 +269,6 @@ def describe(result: WrkResult, what: str) -> None:
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"nproc {cores} ({cpu or platform.machine()}), Python {platform.python_version()} "
-        f"({platform.python_implementation()}), {platform.system()} {platform.release()}"
-    )
-
-
 def wrk_version(wrk: str) -> str:
     done = subprocess.run([wrk, "-v"], capture_output=True, text=True, timeout=10, check=False)
     return (done.stdout or done.stderr).splitlines()[0] if (done.stdout or done.stderr) else "?"
@@ -451,7 +277,8 @@ def wrk_version(wrk: str) -> str:
 def summary(rows: list[Row], args: argparse.Namespace, wrk: str) -> None:
     head = (
         "db",
-        "links/s",
+        "route",
+        "req/s",
         "p50",
         "p99",
         "non-2xx",
@@ -462,11 +289,12 @@ def summary(rows: list[Row], args: argparse.Namespace, wrk: str) -> None:
         "peak RSS",
         "syncd CPU",
     )
-    table = [head]
+    table: list[tuple[str, ...]] = [head]
     for row in rows:
         table.append(
             (
                 row.db,
+                row.route,
                 f"{row.wrk.rps:,.0f}",
                 row.wrk.p50,
                 row.wrk.p99,
@@ -479,28 +307,23 @@ def summary(rows: list[Row], args: argparse.Namespace, wrk: str) -> None:
                 f"{row.cpu_percent:.0f}%" if row.cpu_percent is not None else "?",
             )
         )
-    widths = [max(len(line[i]) for line in table) for i in range(len(head))]
-    print("\n=== syncd ingest benchmark: POST /v1/links, every request a new person ===")
+    print(
+        "\n=== syncd ingest benchmark: POST /v1/links (links) and /v1/salebot/events/started "
+        "(bot), every request a new person ==="
+    )
     print(f"machine : {machine()}")
     print(f"wrk     : {wrk_version(wrk)}")
-    print(f"command : {shlex.join(getattr(sys, 'orig_argv', sys.argv))}  (cwd {Path.cwd()})")
+    print(f"command : {command_line()}")
     print(
         f"load    : wrk -t{args.threads} -c{args.connections} -d{args.seconds}s --latency, "
-        "load generator on the same cores as the server"
+        "load generator on the same cores as the server; "
+        f"database.durability = {args.durability} (SQLite)"
     )
     print()
-    for i, line in enumerate(table):
-        print(
-            "  ".join(
-                cell.ljust(w) if j == 0 else cell.rjust(w)
-                for j, (cell, w) in enumerate(zip(line, widths, strict=True))
-            )
-        )
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print(render(table))
     print()
     print(
-        "links/s = wrk Requests/sec against syncd; ceiling = the same load against a raw ASGI "
+        "req/s = wrk Requests/sec against syncd; ceiling = the same load against a raw ASGI "
         "app on the same uvicorn stack (measured right after); ratio = links/s / ceiling; "
         "peak RSS = syncd VmHWM before SIGTERM; syncd CPU = its CPU time / wrk duration."
     )
@@ -513,11 +336,9 @@ def summary(rows: list[Row], args: argparse.Namespace, wrk: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=(
-            "Benchmark syncd's POST /v1/links with wrk: distinct links per second on SQLite "
-            "and PostgreSQL, against the ceiling of a raw ASGI app on the same server stack."
-        ),
+    parser = harness.parser(
+        "Benchmark syncd's POST /v1/links with wrk: distinct links per second on SQLite "
+        "and PostgreSQL, against the ceiling of a raw ASGI app on the same server stack.",
         epilog="Needs wrk: run `bash bench/setup.sh` once. Everything runs on 127.0.0.1.",
     )
     parser.add_argument(
@@ -528,16 +349,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument(
-        "--db", choices=("sqlite", "postgres", "all"), default="all", help="default: all"
-    )
-    parser.add_argument(
         "--skip-ceiling", action="store_true", help="do not measure the raw ASGI ceiling"
     )
     parser.add_argument(
-        "--pg-admin",
-        default=PG_ADMIN,
-        help="PostgreSQL URL to create/drop the throwaway database through "
-        "(default $SYNCD_BENCH_PG or postgresql://postgres@127.0.0.1:5432/postgres)",
+        "--route",
+        choices=("links", "bot", "both"),
+        default="links",
+        help="POST /v1/links, POST /v1/salebot/events/started, or both in one run",
+    )
+    parser.add_argument(
+        "--durability",
+        choices=("full", "normal"),
+        default="full",
+        help="syncd's database.durability (SQLite: fsync per commit or not; default full)",
     )
     args = parser.parse_args(argv)
     if not 1 <= args.seconds <= 300:
@@ -549,58 +373,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _interrupted(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM (and a SIGINT that a background shell would ignore) unwind through the
-    # finally blocks: the daemon is killed and the PostgreSQL database dropped.
-    signal.signal(signal.SIGTERM, _interrupted)
-    signal.signal(signal.SIGINT, _interrupted)
     wrk = shutil.which("wrk")
     if wrk is None:
         print("wrk is not installed: run `bash bench/setup.sh`", file=sys.stderr)
         return 1
-    if not SYNCD.exists():
-        print(f"{SYNCD} not found: run this with the project's venv python", file=sys.stderr)
-        return 1
-    kinds = ["sqlite", "postgres"] if args.db == "all" else [args.db]
     rows: list[Row] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="syncd-bench-") as tmp:
-            workdir = Path(tmp)
-            for kind in kinds:
-                print(f"\n--- {kind} ---", flush=True)
-                with (
-                    sqlite_database(workdir)
-                    if kind == "sqlite"
-                    else postgres_database(args.pg_admin)
-                ) as db:
-                    row = run_syncd(db, workdir, wrk, args)
-                describe(row.wrk, "syncd")
+
+    def measure(workdir: Path) -> int:
+        for kind in harness.kinds(args):
+            print(f"\n--- {kind} ---", flush=True)
+            with harness.database(kind, workdir, args.pg_admin) as db:
+                routes = ["links", "bot"] if args.route == "both" else [args.route]
+                measured = [run_syncd(db, workdir, wrk, args, route) for route in routes]
+            ceiling = None if args.skip_ceiling else run_ceiling(workdir, wrk, args)
+            for row in measured:
+                describe(row.wrk, f"syncd {row.route}")
                 print(
                     f"  rows stored {row.rows_stored:,} (wrk 2xx {row.wrk.ok_responses:,}), "
                     f"peak RSS {row.peak_rss_kb} kB, exit {row.exit_code}",
                     flush=True,
                 )
-                if not args.skip_ceiling:
-                    row.ceiling = run_ceiling(workdir, wrk, args)
-                    describe(row.ceiling, "ceiling")
+                row.ceiling = ceiling
                 rows.append(row)
-    except BenchError as exc:
-        if rows:
-            summary(rows, args, wrk)
-        print(f"\nFAIL: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as exc:
-        print(
-            f"\ninterrupted ({exc or 'SIGINT'}): daemon stopped, databases dropped", file=sys.stderr
-        )
-        return 130
-    summary(rows, args, wrk)
-    return 1 if any(row.problems for row in rows) else 0
+            if ceiling is not None:
+                describe(ceiling, "ceiling")
+        summary(rows, args, wrk)
+        return 1 if any(row.problems for row in rows) else 0
+
+    return harness.bench_main(measure, report=lambda: rows and summary(rows, args, wrk))
 
 
 if __name__ == "__main__":
