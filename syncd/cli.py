@@ -1033,10 +1033,11 @@ def _runner() -> asyncio.Runner:
 def no_config_note(settings: config.Settings) -> str:
     """Where syncd looked for a config file and which defaults it runs with instead."""
     looked = ", ".join(str(path) for path in config.DEFAULT_PATHS)
-    env = sorted(name for name in os.environ if name.startswith("SYNCD_"))
+    # only overrides (SYNCD_<SECTION>__<KEY>) set a value; SYNCD_REQUIRE_PG & co. do not
+    env = sorted(name for name in os.environ if name.startswith("SYNCD_") and "__" in name)
     return (
         f"no config file found (looked for --config, $SYNCD_CONFIG, {looked}): built-in "
-        f"defaults{f' and {len(env)} SYNCD_* variables' if env else ''} — "
+        f"defaults{f' and {len(env)} SYNCD_<SECTION>__<KEY> overrides' if env else ''} — "
         f"database.url={safe_database_url(settings.database.url)}, "
         f"http on {settings.http.host}:{settings.http.port}, {len(settings.rules)} rules"
     )

@@ -136,7 +136,7 @@ def test_check_says_where_it_looked_and_which_defaults(syncd) -> None:  # type: 
     _, out, _ = syncd("check")
     assert out.splitlines()[0] == (
         "ok   config: no config file found (looked for --config, $SYNCD_CONFIG, syncd.toml, "
-        "/etc/syncd/syncd.toml): built-in defaults and 1 SYNCD_* variables — "
+        "/etc/syncd/syncd.toml): built-in defaults and 1 SYNCD_<SECTION>__<KEY> overrides — "
         "database.url=sqlite:///./syncd.db, http on 127.0.0.1:8787, 0 rules"
     )
 

@@ -115,7 +115,7 @@ async def test_a_timeout_after_processing_did_the_work_the_client_never_heard_of
     sb_state.faults = Faults(timeout_rate=1.0, timeout_mode="processed", hang=30)
 
     with pytest.raises(httpx.ReadTimeout):
-        await sb.post("callback", json=CALLBACK, timeout=0.3)
+        await sb.post("callback", json=CALLBACK, timeout=httpx.Timeout(0.3, connect=10))
 
     assert [c.action for c in sb_state.calls] == ["callback"]
     assert sb_state.clients[1].deal_variables == {"gc_amount": "100"}
