@@ -7,12 +7,16 @@ the read and the write see one state; on PostgreSQL the caller takes an advisory
 
 from __future__ import annotations
 
+import asyncio
 import json
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -103,3 +107,29 @@ def _sqlite_pragmas(engine: AsyncEngine, synchronous: str = "FULL") -> None:
 
 def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+#: Per SQLite engine: the lock its own write transactions queue on (see :func:`writing`).
+_WRITERS: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def writing(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Around a write transaction: on SQLite, one at a time per process.
+
+    SQLite has one writer at a time, and a writer that finds the lock taken sleeps in
+    SQLite's busy handler (1, 2, 5 … 100 ms steps) instead of waking when it is free.
+    Under steady load — webhook batches, the dispatcher's claims and records — those
+    sleeps added up to seconds between a GetCourse event and its Salebot callback
+    (``bench/latency.py``). Queued on an asyncio lock, the next writer starts the
+    moment the last one commits; only another process (a CLI command) still meets the
+    busy handler. PostgreSQL needs nothing: row locks and the advisory lock do this.
+    """
+    if engine.dialect.name != "sqlite":
+        yield
+        return
+    lock = _WRITERS.get(engine.sync_engine)
+    if lock is None:
+        lock = _WRITERS[engine.sync_engine] = asyncio.Lock()
+    async with lock:
+        yield

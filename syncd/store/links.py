@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncd.identity import Decision, LinkClaim, OnConflict, Person
 from syncd.store.dialect import one_of
+from syncd.store.engine import writing
 from syncd.store.errors import translated
 from syncd.store.linkplan import Effects, LinkRequest, Plan, no_effects
 from syncd.store.models import Identity, IdentityChange, LinkConflict, SalebotClient, utcnow
@@ -51,7 +52,7 @@ async def identity_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnec
     """A transaction that may create or change identities: it holds the write lock from
     its first read (``BEGIN IMMEDIATE`` on SQLite; an advisory lock on PostgreSQL, so
     several daemons take turns). Outages become :class:`StoreUnavailable`."""
-    async with translated(), engine.connect() as conn:
+    async with translated(), writing(engine), engine.connect() as conn:
         conn = await conn.execution_options(write_lock=True)
         async with conn.begin():
             if conn.dialect.name == "postgresql":

@@ -20,6 +20,7 @@ from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncd.store.dialect import insert_ignoring
+from syncd.store.engine import writing
 from syncd.store.errors import translated
 from syncd.store.models import Delivery, Identity, utcnow
 
@@ -117,7 +118,7 @@ async def claim(engine: AsyncEngine, owner: str, limit: int, lease: timedelta) -
     now = utcnow()
     due = select(Delivery.id).where(_due(now)).order_by(Delivery.next_attempt_at, Delivery.id)
     due = due.limit(limit)
-    async with translated(), engine.connect() as conn:
+    async with translated(), writing(engine), engine.connect() as conn:
         conn = await conn.execution_options(write_lock=True)
         async with conn.begin():
             if conn.dialect.name == "postgresql":
@@ -169,27 +170,31 @@ async def record(engine: AsyncEngine, owner: str, outcomes: Sequence[Outcome]) -
         },
         "released": {"status": "pending", "attempts": Delivery.attempts - 1},
     }
-    async with translated(), engine.begin() as conn:
-        for status, params in groups.items():
-            statement = (
-                update(Delivery)
-                .where(mine)
-                .values(leased_until=None, lease_owner=None, **values[status])
+    async with translated(), writing(engine), engine.connect() as conn:
+        conn = await conn.execution_options(write_lock=True)
+        async with conn.begin():
+            for status, params in groups.items():
+                statement = (
+                    update(Delivery)
+                    .where(mine)
+                    .values(leased_until=None, lease_owner=None, **values[status])
+                )
+                await conn.execute(statement.execution_options(synchronize_session=False), params)
+            confirmed = [o.confirmed for o in outcomes if o.status == "sent" and o.confirmed]
+            if confirmed:
+                await conn.execute(
+                    update(Identity)
+                    .where(Identity.id == bindparam("b_id"))
+                    .values(gc_telegram_id=bindparam("b_tg"), gc_client_id=bindparam("b_client"))
+                    .execution_options(synchronize_session=False),
+                    [
+                        {"b_id": c.identity_id, "b_tg": c.telegram_id, "b_client": c.client_id}
+                        for c in confirmed
+                    ],
+                )
+            await enqueue(
+                conn, [d for o in outcomes if o.status == "sent" for d in o.follow_ups], now
             )
-            await conn.execute(statement.execution_options(synchronize_session=False), params)
-        confirmed = [o.confirmed for o in outcomes if o.status == "sent" and o.confirmed]
-        if confirmed:
-            await conn.execute(
-                update(Identity)
-                .where(Identity.id == bindparam("b_id"))
-                .values(gc_telegram_id=bindparam("b_tg"), gc_client_id=bindparam("b_client"))
-                .execution_options(synchronize_session=False),
-                [
-                    {"b_id": c.identity_id, "b_tg": c.telegram_id, "b_client": c.client_id}
-                    for c in confirmed
-                ],
-            )
-        await enqueue(conn, [d for o in outcomes if o.status == "sent" for d in o.follow_ups], now)
 
 
 async def release_waiting(conn: AsyncConnection, identity_id: int, waiting_for: str) -> int:
