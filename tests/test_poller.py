@@ -408,17 +408,19 @@ async def test_one_order_by_webhook_techapi_and_poller_is_delivered_once(
     assert sorted(actions) == ["callback", "message"]
 
 
-async def test_a_simulated_day_at_one_minute_stays_within_budget(
+async def test_six_simulated_hours_at_one_minute_stay_within_budget(
     poller_for: Any, engine: AsyncEngine, gc: getcourse.GetCourseState, clocks: Clocks
 ) -> None:
+    """Three budget windows of 2 hours polled every minute (a day took 95 s of the suite's
+    10 minutes and proves no more: the budget is per window)."""
     configured = jobs(["deals", "payments"], [], SINCE)
     poller = poller_for(waits=(20.0, 40.0))
     outcomes = []
-    for _minute in range(24 * 60):
+    for _minute in range(6 * 60):
         outcomes += await poller.cycle(configured)
         clocks.sim.advance(60)
     done = [o for o in outcomes if o.status == "done"]
-    assert len(done) >= 2 * 12  # both exports ran in every 2-hour window of the day
+    assert len(done) >= 2 * 3  # both exports ran in every 2-hour window
     assert not any(o.status == "busy" for o in outcomes)  # never blocked by our own export
     assert all(c.outcome != "error:903" for c in gc.calls)  # GetCourse never had to refuse
     async with engine.connect() as conn:  # and syncd's own count agrees
