@@ -33,3 +33,33 @@ def cli(
         return code, captured.out, captured.err
 
     return run
+
+
+#: A config with one deal.paid rule, as the repair tests use it.
+PAID_RULE = """
+[[rules]]
+event = "deal.paid"
+action = "callback"
+message = "gc_deal_paid"
+variables = { gc_deal_number = "{number}" }
+"""
+
+
+def cli_with_rule(
+    db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    config_text: str = PAID_RULE,
+    **env: str,
+) -> tuple[Run, Path]:
+    """:func:`cli` with ``config_text`` in ``tmp_path/syncd.toml`` and a GetCourse key
+    (a closed loopback port for its URL); returns the runner and the config's path."""
+    path = tmp_path / "syncd.toml"
+    path.write_text(config_text, encoding="utf-8")
+    env = {
+        "SYNCD_GETCOURSE__BASE_URL": "http://127.0.0.1:9",
+        "SYNCD_GETCOURSE__API_KEY": "k",
+        **env,
+    }
+    return cli(db_url, monkeypatch, capsys, config=path, **env), path

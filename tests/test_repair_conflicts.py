@@ -15,16 +15,9 @@ from syncd.daemon import event_store
 from syncd.events import NewEvent
 from syncd.store.engine import create_engine
 from syncd.store.models import Delivery, Event, IdentityChange, LinkConflict
-from tests.cli_run import Run, cli
+from tests.cli_run import Run, cli_with_rule
 
 TG = 111_111_111
-CONFIG = """
-[[rules]]
-event = "deal.paid"
-action = "callback"
-message = "gc_deal_paid"
-variables = { gc_deal_number = "{number}" }
-"""
 
 
 @pytest.fixture
@@ -34,10 +27,7 @@ def setup(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> tuple[Run, Path]:
-    path = tmp_path / "syncd.toml"
-    path.write_text(CONFIG, encoding="utf-8")
-    env = {"SYNCD_GETCOURSE__BASE_URL": "http://127.0.0.1:9", "SYNCD_GETCOURSE__API_KEY": "k"}
-    return cli(db_url, monkeypatch, capsys, config=path, **env), path
+    return cli_with_rule(db_url, tmp_path, monkeypatch, capsys)
 
 
 async def _paid_deal_for(db_url: str, path: Path, email: str) -> None:

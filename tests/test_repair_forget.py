@@ -20,7 +20,7 @@ from syncd.daemon import event_store
 from syncd.events import NewEvent
 from syncd.store.engine import create_engine
 from syncd.store.models import Delivery, Event, IdentityChange
-from tests.cli_run import Run, cli
+from tests.cli_run import Run, cli_with_rule
 
 EMAIL, TG, CLIENT, GC_USER = "anna.forget@school.ru", 730_001_234, 880_002_345, 4_242_424
 PHONE, FIRST, LAST = "+7 (912) 345-67-89", "Анна", "Забытова"
@@ -41,10 +41,7 @@ def setup(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> tuple[Run, Path]:
-    path = tmp_path / "syncd.toml"
-    path.write_text(CONFIG, encoding="utf-8")
-    env = {"SYNCD_GETCOURSE__BASE_URL": "http://127.0.0.1:9", "SYNCD_GETCOURSE__API_KEY": "k"}
-    return cli(db_url, monkeypatch, capsys, config=path, **env), path
+    return cli_with_rule(db_url, tmp_path, monkeypatch, capsys, CONFIG)
 
 
 async def _events(db_url: str, path: Path) -> None:

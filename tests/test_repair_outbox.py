@@ -17,16 +17,9 @@ from syncd.events import NewEvent
 from syncd.store import outbox
 from syncd.store.engine import create_engine
 from syncd.store.models import Delivery
-from tests.cli_run import Run, cli
+from tests.cli_run import Run, cli_with_rule
 
 SB_KEY = "sb-secret-key-5e1f"
-CONFIG = """
-[[rules]]
-event = "deal.paid"
-action = "callback"
-message = "gc_deal_paid"
-variables = { gc_deal_number = "{number}" }
-"""
 
 
 @pytest.fixture
@@ -36,15 +29,15 @@ def setup(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> tuple[Run, Path]:
-    path = tmp_path / "syncd.toml"
-    path.write_text(CONFIG, encoding="utf-8")
-    env = {
-        "SYNCD_GETCOURSE__BASE_URL": "http://127.0.0.1:9",
-        "SYNCD_GETCOURSE__API_KEY": "gc-secret-key-77aa",
-        "SYNCD_SALEBOT__BASE_URL": "https://chatter.salebot.pro",
-        "SYNCD_SALEBOT__API_KEY": SB_KEY,
-    }
-    return cli(db_url, monkeypatch, capsys, config=path, **env), path
+    return cli_with_rule(
+        db_url,
+        tmp_path,
+        monkeypatch,
+        capsys,
+        SYNCD_GETCOURSE__API_KEY="gc-secret-key-77aa",
+        SYNCD_SALEBOT__BASE_URL="https://chatter.salebot.pro",
+        SYNCD_SALEBOT__API_KEY=SB_KEY,
+    )
 
 
 async def _prepare(db_url: str, path: Path) -> None:
