@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from operator import attrgetter
 from typing import Any, NamedTuple, cast
@@ -593,9 +593,10 @@ async def redo(
         people = (
             {p.id: p for p in await people_where(conn, Identity.id.in_(owners))} if owners else {}
         )
-        deliveries: list[NewDelivery] = []
+        calls: list[tuple[int, NewDelivery]] = []  # (its line in ``done``, the call)
         waiting: list[int] = []
         for row in sorted(rows, key=lambda r: r.id):
+            first_line = len(done)
             person = people.get(row.identity_id)
             keys = NewEvent(row.kind, row.external_id, row.source, row.email, row.gc_user_id,
                             telegram_id=row.telegram_id, client_id=row.client_id,
@@ -604,9 +605,9 @@ async def redo(
             outcome = apply_rules(full, row.kind, address_of(person, a.project_id, keys), a)
             made = _deliveries(row.id, person, full, outcome)
             for (rule, _), delivery in zip(outcome.calls, made, strict=True):
+                calls.append((len(done), delivery))
                 done.append(Redone(row.id, row.kind, rule.name, "", delivery.target,
                                    delivery.action, delivery.payload))  # fmt: skip
-            deliveries += made
             for skip in outcome.skips:
                 done.append(
                     Redone(row.id, row.kind, skip.rule.name, f"{skip.reason}: {skip.detail}")
@@ -614,25 +615,11 @@ async def redo(
             if outcome.status == "waiting_link":
                 waiting.append(row.id)
                 done.append(Redone(row.id, row.kind, "(a rule)", "waits for a link"))
-            if not any(r.rule for r in done if r.event_id == row.id):
+            if len(done) == first_line:
                 done.append(Redone(row.id, row.kind, "(none)", "no rule matches"))
-        keys_made = [d.dedupe_key for d in deliveries if d.dedupe_key]
-        existing: dict[str, int] = {}
-        if keys_made:
-            found = await conn.execute(
-                select(Delivery.dedupe_key, Delivery.id).where(Delivery.dedupe_key.in_(keys_made))
-            )
-            existing = {key: delivery_id for key, delivery_id in found if key}
-        fresh = [d for d in deliveries if d.dedupe_key not in existing]
-        calls = iter(deliveries)
-        for i, item in enumerate(done):
-            if item.target is None:
-                continue
-            key = next(calls).dedupe_key
-            if key in existing:
-                done[i] = _with(item, "already made", existing[key])
-            else:
-                done[i] = _with(item, "would queue" if dry_run else "queued", None)
+        existing = await _delivery_ids(conn, [d.dedupe_key for _, d in calls])
+        fresh = [d for _, d in calls if d.dedupe_key not in existing]
+        queued: dict[str | None, int] = {}
         if not dry_run:
             await enqueue(conn, fresh, now)
             if waiting:
@@ -641,27 +628,26 @@ async def redo(
                     .where(Event.id.in_(waiting))
                     .values(status="waiting_link", wait_until=now + a.wait_for_link)
                 )
-            if fresh:
-                queued = await conn.execute(
-                    select(Delivery.dedupe_key, Delivery.id).where(
-                        Delivery.dedupe_key.in_([d.dedupe_key for d in fresh])
-                    )
-                )
-                ids_by_key = {key: delivery_id for key, delivery_id in queued}
-                calls = iter(deliveries)
-                for i, item in enumerate(done):
-                    if item.target is None:
-                        continue
-                    key = next(calls).dedupe_key
-                    if item.outcome == "queued":
-                        done[i] = _with(item, "queued", ids_by_key.get(key))
-    store.enqueued += 0 if dry_run else len(fresh)
+            queued = await _delivery_ids(conn, [d.dedupe_key for d in fresh])
+            store.enqueued += len(fresh)
+        for line, delivery in calls:
+            key = delivery.dedupe_key
+            if key in existing:
+                done[line] = replace(done[line], outcome="already made", delivery_id=existing[key])
+            else:
+                outcome_text = "would queue" if dry_run else "queued"
+                done[line] = replace(done[line], outcome=outcome_text, delivery_id=queued.get(key))
     return done, missing
 
 
-def _with(item: Redone, outcome: str, delivery_id: int | None) -> Redone:
-    return Redone(item.event_id, item.kind, item.rule, outcome, item.target, item.action,
-                  item.payload, delivery_id)  # fmt: skip
+async def _delivery_ids(conn: AsyncConnection, keys: list[str | None]) -> dict[str | None, int]:
+    """The ids of the deliveries with these dedupe keys, by key."""
+    if not keys:
+        return {}
+    found = await conn.execute(
+        select(Delivery.dedupe_key, Delivery.id).where(Delivery.dedupe_key.in_(keys))
+    )
+    return {key: delivery_id for key, delivery_id in found}
 
 
 async def _attach_bot_events(conn: AsyncConnection, people: list[Person], project_id: int) -> None:
