@@ -32,6 +32,7 @@ class Unconfirmed:
     client_id: int | None
     confirmed_telegram_id: int | None
     confirmed_client_id: int | None
+    gc_user_id: int | None
 
 
 async def unconfirmed(engine: AsyncEngine, project_id: int) -> list[Unconfirmed]:
@@ -55,6 +56,7 @@ async def unconfirmed(engine: AsyncEngine, project_id: int) -> list[Unconfirmed]
             client,
             Identity.gc_telegram_id,
             Identity.gc_client_id,
+            Identity.gc_user_id,
         )
         .where(
             and_(
@@ -75,38 +77,24 @@ async def sync(engine: AsyncEngine, effects: WriteBack, dry_run: bool = False) -
     todo = await unconfirmed(engine, effects.project_id)
     if dry_run or not todo:
         return todo
-    gc_ids = await _gc_user_ids(engine, [u.identity_id for u in todo])
     for start in range(0, len(todo), CHUNK):
         deliveries = []
         for u in todo[start : start + CHUNK]:
-            gc_user_id = gc_ids.get(u.identity_id)
             before = Person(
                 u.identity_id,
                 u.email,
                 u.confirmed_telegram_id,
-                gc_user_id,
+                u.gc_user_id,
                 {effects.project_id: u.confirmed_client_id} if u.confirmed_client_id else {},
             )
             after = Person(
                 u.identity_id,
                 u.email,
                 u.telegram_id,
-                gc_user_id,
+                u.gc_user_id,
                 {effects.project_id: u.client_id} if u.client_id is not None else {},
             )
             deliveries += effects(before, after)
         async with translated(), engine.begin() as conn:
             await enqueue(conn, deliveries, utcnow())
     return todo
-
-
-async def _gc_user_ids(engine: AsyncEngine, ids: list[int]) -> dict[int, int | None]:
-    found: dict[int, int | None] = {}
-    async with translated(), engine.connect() as conn:
-        for start in range(0, len(ids), CHUNK):
-            chunk = ids[start : start + CHUNK]
-            rows = await conn.execute(
-                select(Identity.id, Identity.gc_user_id).where(Identity.id.in_(chunk))
-            )
-            found.update({identity_id: gc for identity_id, gc in rows})
-    return found
