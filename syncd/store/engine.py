@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,16 +18,21 @@ from typing import Any
 import orjson
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from syncd.errors import ConfigError
+from syncd.store import sqlite_driver
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 #: ``database.durability`` -> SQLite's ``synchronous``. ``full``: the WAL is fsynced at
 #: every commit, so a 2xx sent after a commit survives a power loss; ``normal``: only a
 #: crash of the process is survived (the last commits may go with the power).
 SQLITE_SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
+#: A pooled PostgreSQL connection idle this long is pinged at checkout (see
+#: :func:`_ping_when_idle`).
+IDLE_PING_SECONDS = 2.0
+_RETURNED_AT = "syncd_returned_at"
 
 
 def database_url(url: str) -> URL:
@@ -72,7 +78,6 @@ def create_engine(url: str, *, durability: str = "full", **kwargs: Any) -> Async
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
-    kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_timeout", 5)
     # psycopg prepares a statement after five uses; PostgreSQL may then keep a generic
     # plan made while a table was empty (a sequential scan) long after it has grown —
@@ -81,10 +86,44 @@ def create_engine(url: str, *, durability: str = "full", **kwargs: Any) -> Async
     kwargs.setdefault(
         "connect_args", {"connect_timeout": 5, "options": "-c plan_cache_mode=force_custom_plan"}
     )
-    return create_async_engine(target, **kwargs)
+    engine = create_async_engine(target, **kwargs)
+    _ping_when_idle(engine, IDLE_PING_SECONDS)
+    return engine
+
+
+def _ping_when_idle(engine: AsyncEngine, after: float) -> None:
+    """Check a pooled connection at checkout when it has sat idle ``after`` seconds.
+
+    SQLAlchemy's ``pool_pre_ping`` pings at every checkout: one more round trip in every
+    transaction, a tenth of a webhook batch's round trips on PostgreSQL. A connection
+    handed back moments ago is as alive as the last statement it ran; one that idled —
+    across a server restart or a dropped link — is pinged, and a dead one is replaced
+    before a request meets it. A connection that dies mid-burst fails its statement,
+    which SQLAlchemy reports as a disconnect and answers by emptying the pool.
+    """
+
+    @event.listens_for(engine.sync_engine.pool, "checkin")
+    def returned(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_RETURNED_AT] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine.pool, "checkout")
+    def checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        returned_at = record.info.get(_RETURNED_AT)
+        if returned_at is None or time.monotonic() - returned_at < after:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError("the idle connection did not answer a ping") from exc
 
 
 def _sqlite_pragmas(engine: AsyncEngine, synchronous: str = "FULL") -> None:
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def one_hop(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        # aiosqlite, one thread hop per statement (syncd.store.sqlite_driver)
+        return dialect.dbapi.connect(*cargs, async_creator_fn=sqlite_driver.connect, **cparams)
+
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event (below) emit BEGIN itself.

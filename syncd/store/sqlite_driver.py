@@ -1,0 +1,110 @@
+"""aiosqlite with one thread hop per statement instead of four.
+
+aiosqlite runs each sqlite3 call on its connection's own thread; SQLAlchemy's adapter
+makes four such calls per statement (make a cursor, execute, fetch all, close). Every
+hop is a queue put, a wake-up of that thread, and a wake-up of the event loop through
+its self-pipe, all paid on the event loop's thread: in ``bench/ingest.py`` the hops
+were a fifth of the event loop's busy time. :class:`OneHopCursor` runs the whole
+statement — cursor, execute, fetch, close — as one call on the connection's thread, and
+answers ``fetchall`` and ``close`` from what that call brought back.
+
+Only the cursor changes: the connection, its thread, transactions, errors (sqlite3's,
+raised from the call as before) and SQLAlchemy's translation of them stay aiosqlite's.
+Results are read whole, which is what SQLAlchemy's adapter already did for every
+non-streaming cursor; syncd streams no SQLite result.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import aiosqlite
+
+__all__ = ["OneHopConnection", "OneHopCursor", "connect"]
+
+#: What one statement brings back: description, rows, rowcount, lastrowid.
+_Outcome = tuple[Any, list[Any], int, int | None]
+
+
+def _run(raw: sqlite3.Connection, sql: str, parameters: Any, many: bool) -> _Outcome:
+    cursor = raw.cursor()
+    try:
+        if many:
+            cursor.executemany(sql, parameters)
+        else:
+            cursor.execute(sql, parameters)
+        description = cursor.description
+        rows = cursor.fetchall() if description else []
+        return description, rows, cursor.rowcount, cursor.lastrowid
+    finally:
+        cursor.close()
+
+
+class OneHopCursor:
+    """The part of aiosqlite's cursor SQLAlchemy's adapter uses, one hop per statement."""
+
+    arraysize = 1
+
+    def __init__(self, connection: OneHopConnection) -> None:
+        self._connection = connection
+        self.description: Any = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self._rows: list[Any] = []
+
+    async def __aenter__(self) -> OneHopCursor:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    async def _call(self, sql: str, parameters: Any, many: bool) -> OneHopCursor:
+        raw = self._connection._conn  # aiosqlite's sqlite3 connection (its thread only)
+        outcome: _Outcome = await self._connection._execute(  # type: ignore[no-untyped-call]
+            _run, raw, sql, parameters, many
+        )
+        self.description, self._rows, self.rowcount, self.lastrowid = outcome
+        return self
+
+    async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> OneHopCursor:
+        return await self._call(sql, () if parameters is None else parameters, many=False)
+
+    async def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> OneHopCursor:
+        return await self._call(sql, list(parameters), many=True)
+
+    async def fetchall(self) -> list[Any]:
+        rows, self._rows = self._rows, []
+        return rows
+
+    async def fetchone(self) -> Any:
+        return self._rows.pop(0) if self._rows else None
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        count = self.arraysize if size is None else size
+        rows, self._rows = self._rows[:count], self._rows[count:]
+        return rows
+
+    async def close(self) -> None:
+        self._rows = []
+
+
+class OneHopConnection(aiosqlite.Connection):
+    """An aiosqlite connection whose cursors run each statement in one hop."""
+
+    def cursor(self) -> OneHopCursor:  # type: ignore[override]
+        return OneHopCursor(self)
+
+
+def connect(database: str | bytes, **kwargs: Any) -> OneHopConnection:
+    """:func:`aiosqlite.connect`, returning a :class:`OneHopConnection`."""
+
+    def connector() -> sqlite3.Connection:
+        location = database.decode() if isinstance(database, bytes) else str(database)
+        connection: sqlite3.Connection = sqlite3.connect(location, **kwargs)
+        return connection
+
+    connection = OneHopConnection(connector, 64)
+    connection._thread.daemon = True  # as SQLAlchemy's dialect does for aiosqlite's own
+    return connection
