@@ -5,6 +5,10 @@ queued (up to ``max_batch``), hands it to ``apply`` — which must commit before
 returns — and resolves each caller with its own result. Under light load a batch is one
 item and nothing waits; under heavy load the commit cost is shared.
 
+With ``concurrency`` above one, that many batches may be in flight at once: each waits
+on its own round trips (a PostgreSQL server a network hop away) while the next one is
+gathered and started. The store's own lock still decides which commits first.
+
 If a batch fails for a reason other than an outage (:class:`StoreUnavailable`), its items
 are retried one by one, so a fault in one record never stops the others.
 """
@@ -31,10 +35,15 @@ class Batcher(Generic[Item, Result]):
         *,
         max_batch: int = 256,
         name: str = "batcher",
+        concurrency: int = 1,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         self._apply = apply
         self._max_batch = max_batch
         self._name = name
+        self._concurrency = concurrency
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]] | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
 
@@ -64,11 +73,14 @@ class Batcher(Generic[Item, Result]):
             await self._worker
 
     async def _run(self) -> None:
+        slots = asyncio.Semaphore(self._concurrency)
         stopping = False
         while not stopping:
             entry = await self._queue.get()
             if entry is None:
                 break
+            # a free slot first, then take what queued meanwhile: batches stay full
+            await slots.acquire()
             batch = [entry]
             while len(batch) < self._max_batch and not self._queue.empty():
                 more = self._queue.get_nowait()
@@ -76,7 +88,16 @@ class Batcher(Generic[Item, Result]):
                     stopping = True
                     break
                 batch.append(more)
-            await self._process(batch)
+            if self._concurrency == 1:
+                await self._process(batch)
+                slots.release()
+                continue
+            task = asyncio.create_task(self._process(batch), name=f"{self._name} batch")
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+            task.add_done_callback(lambda _task: slots.release())
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight)
 
     async def _process(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:

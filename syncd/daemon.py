@@ -44,7 +44,7 @@ from syncd.retry import BackoffPolicy
 from syncd.rules import Skip, compile_rules, unproduced_kinds
 from syncd.scheduled import StoppableJobs
 from syncd.store import schema
-from syncd.store.engine import create_engine, safe_url
+from syncd.store.engine import create_engine, is_sqlite, safe_url
 from syncd.store.errors import translated
 from syncd.store.events import Addressing, EventStore, IngestResult, OnSkips, expire_waiting
 from syncd.store.links import Effects, LinkRequest, LinkResult, LinkStore, no_effects
@@ -52,6 +52,8 @@ from syncd.writeback import WriteBack
 
 GRACEFUL_SECONDS = 10
 ACTIVITY_SECONDS = 60.0
+#: Webhook batches in flight at once on PostgreSQL (see syncd.batching).
+BATCHES_IN_FLIGHT = 2
 
 
 class _Server(uvicorn.Server):
@@ -326,13 +328,16 @@ async def serve_until(settings: Settings, stop: asyncio.Event) -> None:
         store = link_store(engine, settings, events_in)
         await _sync_writeback(engine, settings)
 
+        # SQLite: one writer at a time in-process anyway; PostgreSQL: a second batch
+        # makes its round trips while the first holds the identity lock
+        in_flight = 1 if is_sqlite(engine) else BATCHES_IN_FLIGHT
         apply_links = waking(store.apply, store, dispatcher)
         links: Batcher[LinkRequest, LinkResult] = await stack.enter_async_context(
-            Batcher(apply_links, name="links")
+            Batcher(apply_links, name="links", concurrency=in_flight)
         )
         apply_events = counted(waking(events_in.ingest, events_in, dispatcher), metrics)
         events: Batcher[NewEvent, IngestResult] = await stack.enter_async_context(
-            Batcher(apply_events, name="events")
+            Batcher(apply_events, name="events", concurrency=in_flight)
         )
         scheduler = AsyncIOScheduler(timezone="UTC")
         stoppable = StoppableJobs()  # a stop mid-job is one log line, not a traceback

@@ -57,3 +57,41 @@ async def test_stop_finishes_what_is_queued() -> None:
     assert [await task for task in pending] == ["0", "1", "2", "3", "4"]
     with pytest.raises(RuntimeError, match="not running"):
         await batcher.submit("late")
+
+
+class Overlapping(Recorder):
+    """Counts how many batches are being applied at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0
+        self.most = 0
+
+    async def apply(self, items: Sequence[str]) -> list[str]:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            return await super().apply(items)
+        finally:
+            self.now -= 1
+
+
+async def test_two_batches_in_flight_each_answer_their_own_and_stop_waits_for_both() -> None:
+    recorder = Overlapping()
+    batcher = Batcher(recorder.apply, max_batch=3, concurrency=2)
+    async with batcher:
+        pending = [asyncio.create_task(batcher.submit(str(i))) for i in range(7)]
+        pending.append(asyncio.create_task(batcher.submit("bad")))
+        await asyncio.sleep(0)
+    results = await asyncio.gather(*pending, return_exceptions=True)
+    assert results[:7] == [str(i) for i in range(7)]  # digits: upper() is the same
+    assert isinstance(results[7], ValueError)  # isolated, the others answered
+    assert recorder.most == 2  # overlapped, never more than asked
+    assert sorted(item for batch in recorder.batches[:3] for item in batch) == sorted(
+        [str(i) for i in range(7)] + ["bad"]
+    )  # the first batches took everything queued, three at a time
+
+
+def test_concurrency_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Batcher(Recorder().apply, concurrency=0)
