@@ -16,24 +16,29 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, cast
 
-from sqlalchemy import bindparam, delete, insert, or_, select, text, update
+from sqlalchemy import Result, Select, Table, bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncd.identity import Decision, LinkClaim, OnConflict, Person
-from syncd.store.dialect import one_of
 from syncd.store.engine import writing
 from syncd.store.errors import translated
 from syncd.store.linkplan import Effects, LinkRequest, Plan, no_effects
 from syncd.store.models import Identity, IdentityChange, LinkConflict, SalebotClient, utcnow
 from syncd.store.outbox import enqueue
+from syncd.store.rows import in_list, insert_values, list_param
 
 __all__ = ["Effects", "LinkRequest", "LinkResult", "LinkStore", "no_effects"]
 
 #: Called in the link's transaction with the final state of every identity the batch
 #: changed (real ids); returns how many deliveries it enqueued (waiting events).
 AfterLink = Callable[[AsyncConnection, list[Person], datetime], Awaitable[int]]
+
+IDENTITIES = cast(Table, Identity.__table__)
+CLIENTS = cast(Table, SalebotClient.__table__)
+CHANGES = cast(Table, IdentityChange.__table__)
 
 #: Key of the PostgreSQL advisory lock that serialises identity writers.
 IDENTITY_LOCK = 0x5C_D0_00_02
@@ -120,22 +125,17 @@ async def _write(
     ids = {i: i for i in plan.people if i > 0}
     created = plan.created()
     if created:
-        rows = await conn.execute(
-            # mapped back by email below: no sort_by_parameter_order, which on SQLite
-            # would make SQLAlchemy insert one row per statement
-            insert(Identity).returning(Identity.id, Identity.email),
-            [
-                {
-                    "email": p.email,
-                    "telegram_id": p.telegram_id,
-                    "gc_user_id": p.gc_user_id,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for p in created
-            ],
+        # mapped back by email: a multi-row RETURNING comes in no promised order
+        by_email = dict(
+            (email, new_id)
+            for new_id, email in await insert_values(
+                conn,
+                IDENTITIES,
+                ("email", "telegram_id", "gc_user_id", "created_at", "updated_at"),
+                [(p.email, p.telegram_id, p.gc_user_id, now, now) for p in created],
+                returning=("id", "email"),
+            )
         )
-        by_email = {email: new_id for new_id, email in rows}
         for person in created:
             assert person.id is not None
             ids[person.id] = by_email[person.email]
@@ -146,30 +146,28 @@ async def _write(
             .values(telegram_id=bindparam("b_telegram"), updated_at=now),
             [{"b_id": final.id, "b_telegram": final.telegram_id} for _, final in updated],
         )
-    added = plan.clients_added()
-    if added:
-        await conn.execute(
-            insert(SalebotClient),
-            [
-                {"project_id": p, "client_id": c, "identity_id": ids[i], "created_at": now}
-                for p, c, i in added
-            ],
-        )
-    if plan.changes:
-        await conn.execute(
-            insert(IdentityChange),
-            [
-                {
-                    "identity_id": ids[change.identity_id],
-                    "source": change.source,
-                    "before": change.before.keys() if change.before is not None else None,
-                    "after": replace(change.after, id=ids[change.identity_id]).keys(),
-                    "reason": change.reason,
-                    "changed_at": now,
-                }
-                for change in plan.changes
-            ],
-        )
+    await insert_values(
+        conn,
+        CLIENTS,
+        ("project_id", "client_id", "identity_id", "created_at"),
+        [(p, c, ids[i], now) for p, c, i in plan.clients_added()],
+    )
+    await insert_values(
+        conn,
+        CHANGES,
+        ("identity_id", "source", "before", "after", "reason", "changed_at"),
+        [
+            (
+                ids[change.identity_id],
+                change.source,
+                change.before.keys() if change.before is not None else None,
+                replace(change.after, id=ids[change.identity_id]).keys(),
+                change.reason,
+                now,
+            )
+            for change in plan.changes
+        ],
+    )
     deliveries = [
         replace(d, identity_id=ids.get(d.identity_id, d.identity_id))
         if d.identity_id is not None
@@ -243,47 +241,68 @@ async def load_people(
     wanted_emails = {c.email for c in claims} | set(emails)
     telegrams = {c.telegram_id for c in claims if c.telegram_id is not None}
     gc_ids = set(gc_user_ids)
-    conditions = []
-    if wanted_emails:
-        conditions.append(one_of(conn, Identity.email, wanted_emails))
-    if telegrams:
-        conditions.append(one_of(conn, Identity.telegram_id, telegrams))
-    if gc_ids:
-        conditions.append(one_of(conn, Identity.gc_user_id, gc_ids))
     by_project: dict[int, set[int]] = {}
     for c in claims:
         if c.client_id is not None:
             by_project.setdefault(c.project_id, set()).add(c.client_id)
-    for project_id, client_ids in by_project.items():
+    if not (wanted_emails or telegrams or gc_ids or by_project):
+        return []
+    dialect = conn.dialect.name
+    params: dict[str, Any] = {}
+    for name, values in (("emails", wanted_emails), ("telegrams", telegrams), ("gc_ids", gc_ids)):
+        if values:
+            params[name] = list_param(dialect, values)
+    for k, (project_id, client_ids) in enumerate(by_project.items()):
+        params[f"project_{k}"] = project_id
+        params[f"clients_{k}"] = list_param(dialect, client_ids)
+    query = _people_query(
+        dialect, bool(wanted_emails), bool(telegrams), bool(gc_ids), len(by_project)
+    )
+    return _people(await conn.execute(query, params))
+
+
+@lru_cache(maxsize=64)
+def _people_query(
+    dialect: str, emails: bool, telegrams: bool, gc_ids: bool, projects: int
+) -> Select[int, str, int | None, int | None, int, int]:
+    """The query of :func:`load_people` for one shape of batch, built once: its cache key
+    and compiled form are then SQLAlchemy's to reuse (a batch only binds values)."""
+    conditions = []
+    if emails:
+        conditions.append(in_list(dialect, Identity.email, "emails"))
+    if telegrams:
+        conditions.append(in_list(dialect, Identity.telegram_id, "telegrams"))
+    if gc_ids:
+        conditions.append(in_list(dialect, Identity.gc_user_id, "gc_ids"))
+    for k in range(projects):
         # per project, not a row-value IN: SQLite would scan salebot_clients for that
         owners = select(SalebotClient.identity_id).where(
-            SalebotClient.project_id == project_id, SalebotClient.client_id.in_(client_ids)
+            SalebotClient.project_id == bindparam(f"project_{k}"),
+            in_list(dialect, SalebotClient.client_id, f"clients_{k}"),
         )
         conditions.append(Identity.id.in_(owners))
-    if not conditions:
-        return []
-    return await people_where(conn, or_(*conditions))
+    return _PEOPLE.where(or_(*conditions))
+
+
+_PEOPLE = select(
+    Identity.id,
+    Identity.email,
+    Identity.telegram_id,
+    Identity.gc_user_id,
+    SalebotClient.project_id,
+    SalebotClient.client_id,
+).outerjoin(SalebotClient, SalebotClient.identity_id == Identity.id)
 
 
 async def people_where(conn: AsyncConnection, condition: Any) -> list[Person]:
     """The identities matching ``condition``, as :class:`Person` values with their clients."""
-    query = (
-        select(
-            Identity.id,
-            Identity.email,
-            Identity.telegram_id,
-            Identity.gc_user_id,
-            SalebotClient.project_id,
-            SalebotClient.client_id,
-        )
-        .outerjoin(SalebotClient, SalebotClient.identity_id == Identity.id)
-        .where(condition)
-    )
+    return _people(await conn.execute(_PEOPLE.where(condition)))
+
+
+def _people(rows: Result[int, str, int | None, int | None, int, int]) -> list[Person]:
     keys: dict[int, tuple[str, int | None, int | None]] = {}
     clients: dict[int, dict[int, int]] = {}
-    for identity_id, email, telegram_id, gc_user_id, project_id, client_id in (
-        await conn.execute(query)
-    ).all():
+    for identity_id, email, telegram_id, gc_user_id, project_id, client_id in rows.all():
         keys[identity_id] = (email, telegram_id, gc_user_id)
         owned = clients.setdefault(identity_id, {})
         if project_id is not None:
