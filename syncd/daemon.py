@@ -38,7 +38,6 @@ from syncd.http.wire import with_utf8_targets
 from syncd.metrics import Metrics
 from syncd.notify import Notifier
 from syncd.outbox import Dispatcher, Sender
-from syncd.poller import Poller, jobs
 from syncd.ratelimit import RateLimiter
 from syncd.retry import BackoffPolicy
 from syncd.rules import Skip, compile_rules, unproduced_kinds
@@ -344,6 +343,8 @@ async def serve_until(settings: Settings, stop: asyncio.Event) -> None:
         scheduler.add_job(_expire, "interval", seconds=60, args=[engine], id="expire-waiting")
         poll = settings.getcourse.poll
         if poll.interval.total_seconds() > 0 and settings.getcourse.api_key:
+            from syncd.poller import Poller, jobs  # and ijson: loaded when the poller is on
+
             poll_events = counted_new(waking(events_in.ingest_new, events_in, dispatcher), metrics)
             poller = Poller(
                 engine, http, settings.getcourse.url, settings.getcourse.api_key, poll_events

@@ -16,7 +16,6 @@ email. Without what it needs the event waits for a link.
 
 from __future__ import annotations
 
-import difflib
 import re
 import string
 from collections.abc import Mapping, Sequence
@@ -355,6 +354,8 @@ def unproduced_kinds(rules: Sequence[RuleSettings]) -> list[str]:
         kind = settings.event
         if kind in BUILT_IN_KINDS or kind.startswith(("payment.", "bot.")):
             continue
+        import difflib  # only for this hint: not loaded by a daemon whose rules are known
+
         close = difflib.get_close_matches(kind, BUILT_IN_KINDS, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
         warnings.append(

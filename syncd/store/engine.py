@@ -22,7 +22,6 @@ from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from syncd.errors import ConfigError
-from syncd.store import sqlite_driver
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 #: ``database.durability`` -> SQLite's ``synchronous``. ``full``: the WAL is fsynced at
@@ -119,6 +118,9 @@ def _ping_when_idle(engine: AsyncEngine, after: float) -> None:
 
 
 def _sqlite_pragmas(engine: AsyncEngine, synchronous: str = "FULL") -> None:
+    # aiosqlite and sqlite3: imported with a SQLite engine (at start-up), not on PostgreSQL
+    from syncd.store import sqlite_driver
+
     @event.listens_for(engine.sync_engine, "do_connect")
     def one_hop(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
         # aiosqlite, one thread hop per statement (syncd.store.sqlite_driver)
