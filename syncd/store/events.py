@@ -37,7 +37,6 @@ from syncd.store.errors import translated
 from syncd.store.links import identity_transaction, load_people, people_where
 from syncd.store.models import Delivery, Event, Identity, IdentityChange, SalebotClient, utcnow
 from syncd.store.outbox import NewDelivery, enqueue
-from syncd.store.rows import placeholder
 
 #: Told of the rules that made no call, once per committed batch.
 OnSkips = Callable[[list[Skip]], None]
@@ -654,11 +653,12 @@ async def _delivery_ids(conn: AsyncConnection, keys: list[str | None]) -> dict[s
 async def _attach_bot_events(conn: AsyncConnection, people: list[Person], project_id: int) -> None:
     """Bot events kept with their keys before any link named them get the identity now.
 
-    Two plain statements on the driver (one parameter set per key): this runs in every
-    link batch, and SQLAlchemy's per-row parameter processing cost more than SQLite's
-    work of finding no row in the partial indexes of unlinked events.
+    Plain statements on the driver: this runs in every link batch, and SQLAlchemy's
+    per-row parameter processing cost more than the database's work of finding no row
+    in the partial indexes of unlinked events. SQLite gets one parameter set per key (one
+    hop to its thread); PostgreSQL one statement with the keys as arrays (psycopg's
+    ``executemany`` sends each set as its own execution).
     """
-    mark = placeholder(conn)
     by_tg = [
         (p.id, p.telegram_id) for p in people if p.id is not None and p.telegram_id is not None
     ]
@@ -668,18 +668,35 @@ async def _attach_bot_events(conn: AsyncConnection, people: list[Person], projec
         if p.id is not None
         for project, client in p.clients.items()
     ]
+    if conn.dialect.name == "postgresql":  # one statement each, the keys as arrays
+        if by_tg:
+            await conn.exec_driver_sql(_ATTACH_BY_TG_PG, tuple(map(list, zip(*by_tg, strict=True))))
+        if by_client:
+            await conn.exec_driver_sql(
+                _ATTACH_BY_CLIENT_PG, tuple(map(list, zip(*by_client, strict=True)))
+            )
+        return
     if by_tg:
-        await conn.exec_driver_sql(
-            f"UPDATE events SET identity_id = {mark} "  # noqa: S608 (marks only)
-            f"WHERE identity_id IS NULL AND telegram_id = {mark}",
-            by_tg,
-        )
+        await conn.exec_driver_sql(_ATTACH_BY_TG, by_tg)
     if by_client:
-        await conn.exec_driver_sql(
-            f"UPDATE events SET identity_id = {mark} "  # noqa: S608 (marks only)
-            f"WHERE identity_id IS NULL AND project_id = {mark} AND client_id = {mark}",
-            by_client,
-        )
+        await conn.exec_driver_sql(_ATTACH_BY_CLIENT, by_client)
+
+
+_ATTACH_BY_TG = "UPDATE events SET identity_id = ? WHERE identity_id IS NULL AND telegram_id = ?"
+_ATTACH_BY_CLIENT = (
+    "UPDATE events SET identity_id = ? "
+    "WHERE identity_id IS NULL AND project_id = ? AND client_id = ?"
+)
+_ATTACH_BY_TG_PG = (
+    "UPDATE events SET identity_id = k.id FROM unnest(%s::bigint[], %s::bigint[]) AS k(id, tg) "
+    "WHERE events.identity_id IS NULL AND events.telegram_id = k.tg"
+)
+_ATTACH_BY_CLIENT_PG = (
+    "UPDATE events SET identity_id = k.id "
+    "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS k(id, project, client) "
+    "WHERE events.identity_id IS NULL AND events.project_id = k.project "
+    "AND events.client_id = k.client"
+)
 
 
 def _change(
