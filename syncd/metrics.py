@@ -162,20 +162,26 @@ class Timed:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        #: per (route template, method): the histogram's child (``labels()`` validates and
+        #: locks on every call; both keys are bounded)
+        self._children: dict[tuple[str, str], Histogram] = {}
+
+    def _child(self, path: str, method: str) -> Histogram:
+        key = (route_of(path), method if method in METHODS else "other")
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.metrics.latency.labels(*key)
+        return child
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        method = scope["method"] if scope["method"] in METHODS else "other"
-        observe: Callable[[], None] = lambda: self.metrics.latency.labels(  # noqa: E731
-            route_of(scope["path"]), method
-        ).observe(time.perf_counter() - started)
 
         async def timed_send(message: Message) -> None:
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body"):
-                observe()
+                self._child(scope["path"], scope["method"]).observe(time.perf_counter() - started)
 
         await self.app(scope, receive, timed_send)
