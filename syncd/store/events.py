@@ -751,11 +751,19 @@ async def _project_deals(
     conn: AsyncConnection, batch: _Batch, now: datetime, new: Collection[tuple[str, str]] | None
 ) -> None:
     """The batch's deal events (those in ``new``, or all) into ``analytics_deals`` (0007)."""
-    pairs = [
-        (event, row[_IDENTITY_ID])
-        for (key, event), row in zip(batch.fresh.items(), batch.rows, strict=True)
-        if event.kind in deals.KINDS and (new is None or key in new)
-    ]
+    kinds = deals.KINDS
+    if new is None:  # a backfill's chunk: no key to look up
+        pairs = [
+            (event, row[_IDENTITY_ID])
+            for event, row in zip(batch.fresh.values(), batch.rows, strict=True)
+            if event.kind in kinds
+        ]
+    else:
+        pairs = [
+            (event, row[_IDENTITY_ID])
+            for (key, event), row in zip(batch.fresh.items(), batch.rows, strict=True)
+            if event.kind in kinds and key in new
+        ]
     if pairs:
         await deals.project(conn, pairs, now)
 
