@@ -23,12 +23,13 @@ from sqlalchemy import Result, Select, Table, bindparam, delete, insert, or_, se
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncd.identity import Decision, LinkClaim, OnConflict, Person
+from syncd.store.dialect import in_list, list_param
 from syncd.store.engine import writing
 from syncd.store.errors import translated
 from syncd.store.linkplan import Effects, LinkRequest, Plan, no_effects
 from syncd.store.models import Identity, IdentityChange, LinkConflict, SalebotClient, utcnow
 from syncd.store.outbox import enqueue
-from syncd.store.rows import in_list, insert_values, list_param
+from syncd.store.rows import insert_values
 
 __all__ = ["Effects", "LinkRequest", "LinkResult", "LinkStore", "no_effects"]
 

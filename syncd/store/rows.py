@@ -16,56 +16,21 @@ For a webhook's tens of rows. Thousands go through :func:`syncd.store.dialect.in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from functools import lru_cache
+from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import ARRAY, JSON, ColumnElement, Table, any_, bindparam, cast, func, select
+from sqlalchemy import JSON, Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from syncd.store.dialect import bind_processors
+from syncd.store.dialect import bind_processors, values_sql
 from syncd.store.engine import json_text
 
-__all__ = ["in_list", "insert_values", "list_param", "placeholder"]
+__all__ = ["insert_values"]
 
 #: Rows per statement: 10 columns x 500 rows stays far under both databases' limits on
 #: bound parameters (SQLite 32,766; PostgreSQL 65,535).
 ROWS_PER_STATEMENT = 500
-
-
-def placeholder(conn: AsyncConnection) -> str:
-    """The driver's parameter mark: ``?`` (sqlite3) or ``%s`` (psycopg)."""
-    return "?" if conn.dialect.name == "sqlite" else "%s"
-
-
-def in_list(dialect: str, column: Any, name: str) -> ColumnElement[bool]:
-    """``column IN (the list bound as name)``; bind it with :func:`list_param`.
-
-    One parameter whatever the length — an array on PostgreSQL, a JSON array read by
-    ``json_each`` on SQLite — so a statement built once serves every batch; both
-    databases still search the column's index.
-    """
-    if dialect == "postgresql":
-        return column == any_(cast(bindparam(name), ARRAY(column.type)))  # type: ignore[no-any-return]
-    listed = func.json_each(bindparam(name)).table_valued("value")
-    return column.in_(select(listed.c.value))  # type: ignore[no-any-return]
-
-
-def list_param(dialect: str, values: Iterable[Any]) -> Any:
-    """The value of an :func:`in_list` parameter."""
-    return list(values) if dialect == "postgresql" else json_text(list(values))
-
-
-@lru_cache(maxsize=128)
-def _insert_sql(
-    mark: str, table: str, columns: tuple[str, ...], returning: tuple[str, ...], rows: int
-) -> str:
-    one = "(" + ", ".join([mark] * len(columns)) + ")"
-    # names come from syncd's own table definitions, never from input; values are bound
-    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608
-    sql = head + ", ".join([one] * rows)
-    return f"{sql} RETURNING {', '.join(returning)}" if returning else sql
 
 
 async def insert_values(
@@ -83,6 +48,10 @@ async def insert_values(
     if conn.dialect.name == "postgresql":
         return await _insert_arrays(conn, table, tuple(columns), rows, tuple(returning))
     processors = bind_processors(conn.dialect, table, columns)
+    # names come from syncd's own table definitions, never from input; values are bound
+    head = f"INSERT INTO {table.name} ({', '.join(columns)})"
+    one = "(" + ", ".join("?" * len(columns)) + ")"
+    tail = f"RETURNING {', '.join(returning)}" if returning else ""
     found: list[tuple[Any, ...]] = []
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         part = rows[start : start + ROWS_PER_STATEMENT]
@@ -95,7 +64,7 @@ async def insert_values(
                 for row in part
             )
         )
-        sql = _insert_sql("?", table.name, tuple(columns), tuple(returning), len(part))
+        sql = values_sql(head, one, len(part), tail)
         result = await conn.exec_driver_sql(sql, values)
         if returning:
             found += [tuple(row) for row in result.all()]
