@@ -17,6 +17,11 @@ class RateLimiter:
         self._interval = 1.0 / rate if rate > 0 else 0.0
         self._next = 0.0
 
+    @property
+    def limited(self) -> bool:
+        """Whether calls are paced at all (``rate`` > 0)."""
+        return bool(self._interval)
+
     async def acquire(self) -> None:
         if not self._interval:
             return

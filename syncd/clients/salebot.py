@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from syncd.clients.http import send
+from syncd.clients.http import Answer, post_json, send
 from syncd.errors import PermanentError, TransientError
 
 PERMANENT_STATUSES = frozenset({"client_not_found"})
@@ -24,16 +24,21 @@ class SalebotClient:
         self._http = http
         self._base = base_url.rstrip("/")
         self._key = api_key
+        #: action → (its name in messages, its URL): built once per action
+        self._actions: dict[str, tuple[str, str]] = {}
 
     async def call(self, action: str, body: dict[str, Any] | None = None) -> Any:
         """POST ``body`` as JSON (GET when ``body`` is None); the decoded answer or None."""
-        what = f"salebot {action}"
-        url = f"{self._base}/api/{self._key}/{action}"
+        known = self._actions.get(action)
+        if known is None:
+            known = f"salebot {action}", f"{self._base}/api/{self._key}/{action}"
+            if len(self._actions) < 64:  # actions come from the config: a handful
+                self._actions[action] = known
+        what, url = known
         if body is None:
             response = await send(self._http, what, "GET", url)
-        else:
-            response = await send(self._http, what, "POST", url, json=body)
-        return _check(response, what)
+            return _check(Answer(response.status_code, response.headers, response.content), what)
+        return _check(await post_json(self._http, what, url, body), what)
 
     async def callback(
         self, client_id: int, message: str, variables: dict[str, Any] | None = None
@@ -83,7 +88,7 @@ def channels(answer: object) -> list[dict[str, Any]]:
     return [item for item in answer if isinstance(item, dict)]
 
 
-def _check(response: httpx.Response, what: str) -> Any:
+def _check(response: Answer, what: str) -> Any:
     if not response.content.strip():
         return None
     try:
