@@ -688,12 +688,12 @@ _ATTACH_BY_CLIENT = (
     "WHERE identity_id IS NULL AND project_id = ? AND client_id = ?"
 )
 _ATTACH_BY_TG_PG = (
-    "UPDATE events SET identity_id = k.id FROM unnest(%s::bigint[], %s::bigint[]) AS k(id, tg) "
+    "UPDATE events SET identity_id = k.id FROM unnest(%b::bigint[], %b::bigint[]) AS k(id, tg) "
     "WHERE events.identity_id IS NULL AND events.telegram_id = k.tg"
 )
 _ATTACH_BY_CLIENT_PG = (
     "UPDATE events SET identity_id = k.id "
-    "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS k(id, project, client) "
+    "FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[]) AS k(id, project, client) "
     "WHERE events.identity_id IS NULL AND events.project_id = k.project "
     "AND events.client_id = k.client"
 )

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import JSON, Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from syncd.store.dialect import bind_processors, values_sql
+from syncd.store.dialect import array_types, bind_processors, values_sql
 from syncd.store.engine import json_text
 
 __all__ = ["insert_values"]
@@ -78,7 +78,8 @@ async def _insert_arrays(
     rows: Sequence[Sequence[Any]],
     returning: tuple[str, ...],
 ) -> list[tuple[Any, ...]]:
-    """PostgreSQL: ``INSERT … SELECT * FROM unnest(%s::type[], …)``, an array per column.
+    """PostgreSQL: ``INSERT … SELECT * FROM unnest(%b::type[], …)``, an array per column
+    (in binary: :func:`~syncd.store.dialect.array_types`).
 
     psycopg parses a statement's placeholders anew on every execution once it has more
     than 50 parameters (32 links x 6 columns is 192), and ``executemany`` sends each row
@@ -105,16 +106,15 @@ def _array_insert(
         return made
     dialect = conn.dialect
     processors = bind_processors(dialect, table, columns)
-    types: list[str] = []
+    types = array_types(dialect, table, columns)
     encoders: list[Callable[[Any], Any] | None] = []
     for name, process in zip(columns, processors, strict=True):
         column_type = table.c[name].type
-        types.append(column_type.compile(dialect=dialect))
         if isinstance(column_type, JSON):  # JSON text, as SQLAlchemy's json_serializer writes
             encoders.append(_json_element(column_type.none_as_null))
         else:
             encoders.append(process)
-    arrays = ", ".join(f"%s::{type_}[]" for type_ in types)
+    arrays = ", ".join(f"%b::{type_}[]" for type_ in types)
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"  # noqa: S608
     if returning:
         sql += f" RETURNING {', '.join(returning)}"
