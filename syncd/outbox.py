@@ -42,6 +42,9 @@ from syncd.store import outbox
 from syncd.store.models import utcnow
 from syncd.store.outbox import Claimed, Confirmed, NewDelivery, Outcome
 
+#: Record transactions in flight at once on PostgreSQL (see :class:`syncd.batching.Batcher`).
+RECORDS_IN_FLIGHT = 2
+
 #: ``await sender(action, payload)``: returns on success, raises a DeliveryError.
 Sender = Callable[[str, dict[str, Any]], Awaitable[object]]
 
@@ -97,8 +100,14 @@ class Dispatcher:
         self._waiting: set[int] = set()
         #: every claimed row not finished yet (ready, waiting, on the wire or recording)
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        # PostgreSQL: a second record transaction makes its round trips while the first
+        # commits (rows are claimed FOR UPDATE SKIP LOCKED; each outcome is its own row's);
+        # SQLite has one writer anyway
         self._recorder: Batcher[Outcome | _Claim, list[Claimed] | None] = Batcher(
-            self._record, max_batch=512, name="outbox-recorder"
+            self._record,
+            max_batch=512,
+            name="outbox-recorder",
+            concurrency=1 if engine.dialect.name == "sqlite" else RECORDS_IN_FLIGHT,
         )
         self._loop: asyncio.Task[None] | None = None
         self._stopping = False
