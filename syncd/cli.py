@@ -10,17 +10,20 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncd import __version__, config, logs
 from syncd.errors import ConfigError, InvalidInput, StoreError, SyncdError
+
+if TYPE_CHECKING:
+    from syncd.poller import Job
 
 Command = Callable[[argparse.Namespace, config.Settings], Coroutine[Any, Any, int]]
 
@@ -594,12 +597,7 @@ async def cmd_writeback_sync(args: argparse.Namespace, settings: config.Settings
 
 
 async def cmd_backfill(args: argparse.Namespace, settings: config.Settings) -> int:
-    from datetime import timedelta
-
-    from syncd.clients.http import new_http_client
-    from syncd.daemon import addressing
-    from syncd.poller import Poller, backfill, jobs
-    from syncd.store.events import EventStore
+    from syncd.poller import jobs
 
     gc = settings.getcourse
     if not gc.api_key:
@@ -613,11 +611,29 @@ async def cmd_backfill(args: argparse.Namespace, settings: config.Settings) -> i
     if not configured:
         err("no exports configured (getcourse.poll.exports)")
         return 1
-
-    from syncd.progress import Progress
-
     days = (until - args.since).days + 1
     tally = BackfillTally()
+    with _bulk_collector():
+        return await _backfill(args, settings, configured, until, days, tally)
+
+
+async def _backfill(
+    args: argparse.Namespace,
+    settings: config.Settings,
+    configured: list[Job],
+    until: date,
+    days: int,
+    tally: BackfillTally,
+) -> int:
+    from datetime import timedelta
+
+    from syncd.clients.http import new_http_client
+    from syncd.daemon import addressing
+    from syncd.poller import Poller, backfill
+    from syncd.progress import Progress
+    from syncd.store.events import EventStore
+
+    gc = settings.getcourse
     async with open_store(settings) as engine, new_http_client() as http:
         # history is data, not news: a backfill fires no rule (SPEC §11)
         store = EventStore(engine, addressing(settings).history_only())
@@ -636,6 +652,26 @@ async def cmd_backfill(args: argparse.Namespace, settings: config.Settings) -> i
     for name in broken:
         err(f"{name} failed: see the log line above")
     return 1 if broken else 0
+
+
+@contextmanager
+def _bulk_collector() -> Iterator[None]:
+    """During a backfill: collect the youngest generation every 100,000 allocations
+    instead of 700, and leave what is loaded by then (modules, settings) out of every
+    full collection. A backfill makes millions of short-lived objects and few cycles;
+    10-13 % less CPU on a 200,000-row backfill (docs/performance.md), the same peak
+    memory. The collector is as it was afterwards."""
+    import gc
+
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 class BackfillTally:
