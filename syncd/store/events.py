@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from operator import attrgetter
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -35,7 +35,7 @@ from syncd.store import deals
 from syncd.store.dialect import bind_processors, insert_counted, insert_new
 from syncd.store.errors import translated
 from syncd.store.links import identity_transaction, load_people, people_where
-from syncd.store.models import Delivery, Event, Identity, IdentityChange, SalebotClient, utcnow
+from syncd.store.models import Delivery, Event, Identity, IdentityChange, utcnow
 from syncd.store.outbox import NewDelivery, enqueue
 
 #: Told of the rules that made no call, once per committed batch.
@@ -479,25 +479,14 @@ class EventStore:
     ) -> tuple[dict[Any, Person], dict[Any, Person]]:
         """The identities holding the Salebot keys the bot events of a batch name."""
         telegrams = {e.telegram_id for e in events if e.telegram_id is not None}
-        clients = {(e.project_id, e.client_id) for e in events if e.client_id is not None}
+        clients = {
+            (e.project_id, e.client_id)
+            for e in events
+            if e.project_id is not None and e.client_id is not None
+        }
         if not telegrams and not clients:
             return {}, {}
-        conditions = []
-        if telegrams:
-            conditions.append(Identity.telegram_id.in_(telegrams))
-        by_project: dict[Any, set[int]] = {}
-        for project_id, client_id in clients:
-            by_project.setdefault(project_id, set()).add(client_id)
-        for project_id, client_ids in by_project.items():
-            conditions.append(
-                Identity.id.in_(
-                    select(SalebotClient.identity_id).where(
-                        SalebotClient.project_id == project_id,
-                        SalebotClient.client_id.in_(client_ids),
-                    )
-                )
-            )
-        people = await people_where(conn, or_(*conditions))
+        people = await load_people(conn, telegram_ids=telegrams, clients=clients)
         ids = {p.id for p in found}
         found += [p for p in people if p.id not in ids]
         by_tg = {p.telegram_id: p for p in people if p.telegram_id is not None}
@@ -670,11 +659,11 @@ async def _attach_bot_events(conn: AsyncConnection, people: list[Person], projec
     ]
     if conn.dialect.name == "postgresql":  # one statement each, the keys as arrays
         if by_tg:
-            await conn.exec_driver_sql(_ATTACH_BY_TG_PG, tuple(map(list, zip(*by_tg, strict=True))))
+            ids, tgs = map(list, zip(*by_tg, strict=True))
+            await conn.exec_driver_sql(_ATTACH_BY_TG_PG, (ids, tgs, tgs))
         if by_client:
-            await conn.exec_driver_sql(
-                _ATTACH_BY_CLIENT_PG, tuple(map(list, zip(*by_client, strict=True)))
-            )
+            ids, projects, clients = map(list, zip(*by_client, strict=True))
+            await conn.exec_driver_sql(_ATTACH_BY_CLIENT_PG, (ids, projects, clients, clients))
         return
     if by_tg:
         await conn.exec_driver_sql(_ATTACH_BY_TG, by_tg)
@@ -687,15 +676,19 @@ _ATTACH_BY_CLIENT = (
     "UPDATE events SET identity_id = ? "
     "WHERE identity_id IS NULL AND project_id = ? AND client_id = ?"
 )
+# The keys again as ``= ANY(…)``: an index search even while PostgreSQL's statistics
+# still say the table of unlinked events is small (a hash join over all of them, 12 ms
+# at 46,000, before the first ANALYZE).
 _ATTACH_BY_TG_PG = (
     "UPDATE events SET identity_id = k.id FROM unnest(%b::bigint[], %b::bigint[]) AS k(id, tg) "
-    "WHERE events.identity_id IS NULL AND events.telegram_id = k.tg"
+    "WHERE events.identity_id IS NULL AND events.telegram_id = k.tg "
+    "AND events.telegram_id = ANY(%b::bigint[])"
 )
 _ATTACH_BY_CLIENT_PG = (
     "UPDATE events SET identity_id = k.id "
     "FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[]) AS k(id, project, client) "
     "WHERE events.identity_id IS NULL AND events.project_id = k.project "
-    "AND events.client_id = k.client"
+    "AND events.client_id = k.client AND events.client_id = ANY(%b::bigint[])"
 )
 
 

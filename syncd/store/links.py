@@ -19,7 +19,18 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Result, Select, Table, bindparam, delete, insert, or_, select, text, update
+from sqlalchemy import (
+    Result,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    insert,
+    select,
+    text,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncd.identity import Decision, LinkClaim, OnConflict, Person
@@ -236,16 +247,19 @@ async def load_people(
     *,
     emails: Iterable[str] = (),
     gc_user_ids: Iterable[int] = (),
+    telegram_ids: Iterable[int] = (),
+    clients: Iterable[tuple[int, int]] = (),
 ) -> list[Person]:
-    """Every identity holding any key of ``claims`` (or one of ``emails`` / ``gc_user_ids``),
-    with its Salebot clients, in one query."""
+    """Every identity holding any key of ``claims`` (or one of ``emails``,
+    ``gc_user_ids``, ``telegram_ids``, ``(project_id, client_id)`` ``clients``), with its
+    Salebot clients, in one query."""
     wanted_emails = {c.email for c in claims} | set(emails)
-    telegrams = {c.telegram_id for c in claims if c.telegram_id is not None}
+    telegrams = {c.telegram_id for c in claims if c.telegram_id is not None} | set(telegram_ids)
     gc_ids = set(gc_user_ids)
     by_project: dict[int, set[int]] = {}
-    for c in claims:
-        if c.client_id is not None:
-            by_project.setdefault(c.project_id, set()).add(c.client_id)
+    pairs = [(c.project_id, c.client_id) for c in claims if c.client_id is not None]
+    for project_id, client_id in [*pairs, *clients]:
+        by_project.setdefault(project_id, set()).add(client_id)
     if not (wanted_emails or telegrams or gc_ids or by_project):
         return []
     dialect = conn.dialect.name
@@ -267,22 +281,29 @@ def _people_query(
     dialect: str, emails: bool, telegrams: bool, gc_ids: bool, projects: int
 ) -> Select[int, str, int | None, int | None, int, int]:
     """The query of :func:`load_people` for one shape of batch, built once: its cache key
-    and compiled form are then SQLAlchemy's to reuse (a batch only binds values)."""
-    conditions = []
-    if emails:
-        conditions.append(in_list(dialect, Identity.email, "emails"))
-    if telegrams:
-        conditions.append(in_list(dialect, Identity.telegram_id, "telegrams"))
-    if gc_ids:
-        conditions.append(in_list(dialect, Identity.gc_user_id, "gc_ids"))
+    and compiled form are then SQLAlchemy's to reuse (a batch only binds values).
+
+    The ids come from a ``UNION ALL`` of one index search per kind of key. The same
+    searches joined by ``OR`` made PostgreSQL scan all of ``identities`` and
+    ``salebot_clients`` (an ``IN (subquery)`` cannot join a bitmap ``OR``): 28 ms a batch
+    at 87,000 people, growing with them; this way it is 1.4 ms.
+    """
+    arms = []
+    for wanted, column, name in (
+        (emails, Identity.email, "emails"),
+        (telegrams, Identity.telegram_id, "telegrams"),
+        (gc_ids, Identity.gc_user_id, "gc_ids"),
+    ):
+        if wanted:
+            arms.append(select(Identity.id).where(in_list(dialect, column, name)))
     for k in range(projects):
-        # per project, not a row-value IN: SQLite would scan salebot_clients for that
-        owners = select(SalebotClient.identity_id).where(
-            SalebotClient.project_id == bindparam(f"project_{k}"),
-            in_list(dialect, SalebotClient.client_id, f"clients_{k}"),
+        arms.append(
+            select(SalebotClient.identity_id).where(
+                SalebotClient.project_id == bindparam(f"project_{k}"),
+                in_list(dialect, SalebotClient.client_id, f"clients_{k}"),
+            )
         )
-        conditions.append(Identity.id.in_(owners))
-    return _PEOPLE.where(or_(*conditions))
+    return _PEOPLE.where(Identity.id.in_(union_all(*arms) if len(arms) > 1 else arms[0]))
 
 
 _PEOPLE = select(
