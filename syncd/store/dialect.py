@@ -61,6 +61,13 @@ def bind_processors(dialect: Dialect, table: Table, columns: Sequence[str]) -> l
     return [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns]
 
 
+def _tail(unique: Sequence[str], returning: Sequence[str], action: str = "DO NOTHING") -> str:
+    """``ON CONFLICT (unique) action`` (none without ``unique``), then ``RETURNING …``."""
+    conflict = f"ON CONFLICT ({', '.join(unique)}) {action}" if unique else ""
+    back = f"RETURNING {', '.join(returning)}" if returning else ""
+    return f"{conflict} {back}".strip()
+
+
 @lru_cache(maxsize=64)
 def _insert_new_sql(
     dialect: str, table: str, columns: tuple[str, ...], unique: tuple[str, ...],
@@ -68,14 +75,11 @@ def _insert_new_sql(
 ) -> str:  # fmt: skip
     mark = "?" if dialect == "sqlite" else "%s"
     # names come from syncd's own table definitions, never from input; values are bound
-    tail = f"ON CONFLICT ({', '.join(unique)}) DO NOTHING"
-    if returning:
-        tail += f" RETURNING {', '.join(returning)}"
     return values_sql(
         f"INSERT INTO {table} ({', '.join(columns)})",
         "(" + ", ".join([mark] * len(columns)) + ")",
         rows,
-        tail,
+        _tail(unique, returning),
     )
 
 
@@ -154,10 +158,8 @@ def _copy_sql(
     )
     insert = (
         f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} "  # noqa: S608
-        f"ON CONFLICT ({', '.join(unique)}) {action}"
+        + _tail(unique, returning, action)
     )
-    if returning:
-        insert += f" RETURNING {', '.join(returning)}"
     clear = f"DELETE FROM {staging}"  # noqa: S608
     return create, f"COPY {staging} ({names}) FROM STDIN", insert, clear
 
@@ -206,14 +208,15 @@ async def _copy_insert(
     return found, count
 
 
-def array_types(dialect: Dialect, table: Table, columns: Sequence[str]) -> list[str]:
+@lru_cache(maxsize=64)
+def _array_types(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> tuple[str, ...]:
     """Each column's type as PostgreSQL spells it, for ``%b::type[]`` parameters.
 
     ``%b``: psycopg sends the array in binary. In text form it quotes and escapes every
     string element with a regular expression — four times the CPU of the binary form
     for a 32-row, 5-column insert (769 against 168 µs).
     """
-    return [table.c[name].type.compile(dialect=dialect) for name in columns]
+    return tuple(table.c[name].type.compile(dialect=dialect) for name in columns)
 
 
 @lru_cache(maxsize=32)
@@ -223,11 +226,31 @@ def _unnest_sql(
 ) -> str:  # fmt: skip
     arrays = ", ".join(f"%b::{type_}[]" for type_ in types)
     # names and types come from syncd's own table definitions, never from input
-    sql = (
-        f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) "  # noqa: S608
-        f"ON CONFLICT ({', '.join(unique)}) DO NOTHING"
-    )
-    return f"{sql} RETURNING {', '.join(returning)}" if returning else sql
+    head = f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"  # noqa: S608
+    return f"{head} {_tail(unique, returning)}".strip()
+
+
+async def insert_arrays(
+    conn: AsyncConnection,
+    table: Table,
+    columns: Sequence[str],
+    arrays: Sequence[list[Any]],
+    unique: Sequence[str] = (),
+    returning: Sequence[str] = (),
+) -> tuple[list[tuple[Any, ...]], int]:
+    """PostgreSQL: ``INSERT … SELECT * FROM unnest(%b::type[], …)`` of one array of driver
+    values per column (``ON CONFLICT (unique) DO NOTHING`` when ``unique`` is given);
+    returns (rows back, rows inserted).
+
+    For a webhook's tens of rows: psycopg parses the placeholders of a statement with
+    more than 50 parameters anew on every execution (a 32-event ``VALUES`` has 480) and
+    sends each ``executemany`` row as its own execution; an array per column keeps the
+    statement short, its parsing cached and the send single.
+    """
+    types = _array_types(conn.dialect, table, tuple(columns))
+    sql = _unnest_sql(table.name, tuple(columns), types, tuple(unique), tuple(returning))
+    result = await conn.exec_driver_sql(sql, tuple(arrays))
+    return ([tuple(row) for row in result.all()] if returning else []), result.rowcount
 
 
 async def _unnest_insert(
@@ -238,19 +261,9 @@ async def _unnest_insert(
     unique: Sequence[str],
     returning: Sequence[str],
 ) -> tuple[list[tuple[Any, ...]], int]:
-    """PostgreSQL, a webhook's few rows: one array per column
-    (``INSERT … SELECT * FROM unnest(…) ON CONFLICT … DO NOTHING``); returns (rows back,
-    rows inserted).
-
-    psycopg parses the placeholders of a statement with more than 50 parameters anew on
-    every execution (a 32-event ``VALUES`` has 480); an array per column keeps the
-    statement short and its parsing cached.
-    """
-    types = tuple(array_types(conn.dialect, table, columns))
-    sql = _unnest_sql(table.name, tuple(columns), types, tuple(unique), tuple(returning))
-    arrays = tuple(list(column) for column in zip(*rows, strict=True))
-    result = await conn.exec_driver_sql(sql, arrays)
-    return ([tuple(row) for row in result.all()] if returning else []), result.rowcount
+    """:func:`insert_arrays` of ``rows`` (driver values), conflicts on ``unique`` skipped."""
+    arrays = [list(column) for column in zip(*rows, strict=True)]
+    return await insert_arrays(conn, table, columns, arrays, unique, returning)
 
 
 async def insert_new(

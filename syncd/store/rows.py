@@ -17,13 +17,15 @@ For a webhook's tens of rows. Thousands go through :func:`syncd.store.dialect.in
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from itertools import chain
 from typing import Any
 
 from sqlalchemy import JSON, Table
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from syncd.store.dialect import array_types, bind_processors, values_sql
+from syncd.store.dialect import bind_processors, insert_arrays, values_sql
 from syncd.store.engine import json_text
 
 __all__ = ["insert_values"]
@@ -78,53 +80,30 @@ async def _insert_arrays(
     rows: Sequence[Sequence[Any]],
     returning: tuple[str, ...],
 ) -> list[tuple[Any, ...]]:
-    """PostgreSQL: ``INSERT … SELECT * FROM unnest(%b::type[], …)``, an array per column
-    (in binary: :func:`~syncd.store.dialect.array_types`).
-
-    psycopg parses a statement's placeholders anew on every execution once it has more
-    than 50 parameters (32 links x 6 columns is 192), and ``executemany`` sends each row
-    as its own prepared execution: either cost more than the batch's own work. One array
-    per column keeps the statement short, its parsing cached and the send single.
-    """
-    sql, encoders = _array_insert(conn, table, columns, returning)
-    arrays = tuple(
+    """PostgreSQL: one array per column (:func:`~syncd.store.dialect.insert_arrays`), each
+    value turned into the driver's as SQLAlchemy would (JSON as the text its serializer
+    writes)."""
+    encoders = _encoders(conn.dialect, table, columns)
+    arrays = [
         [value if encode is None else encode(value) for value in column]
         for encode, column in zip(encoders, zip(*rows, strict=True), strict=True)
-    )
-    result = await conn.exec_driver_sql(sql, arrays)
-    return [tuple(row) for row in result.all()] if returning else []
+    ]
+    return (await insert_arrays(conn, table, columns, arrays, returning=returning))[0]
 
 
-def _array_insert(
-    conn: AsyncConnection, table: Table, columns: tuple[str, ...], returning: tuple[str, ...]
-) -> tuple[str, list[Callable[[Any], Any] | None]]:
-    """The ``unnest`` statement of :func:`_insert_arrays` and, per column, what turns a
-    Python value into the array's element (None: as is)."""
-    key = (table.name, columns, returning)
-    made = _ARRAY_INSERTS.get(key)
-    if made is not None:
-        return made
-    dialect = conn.dialect
-    processors = bind_processors(dialect, table, columns)
-    types = array_types(dialect, table, columns)
+@lru_cache(maxsize=32)
+def _encoders(
+    dialect: Dialect, table: Table, columns: tuple[str, ...]
+) -> tuple[Callable[[Any], Any] | None, ...]:
+    """Per column, what turns a Python value into its array element (None: as is)."""
     encoders: list[Callable[[Any], Any] | None] = []
-    for name, process in zip(columns, processors, strict=True):
+    for name, process in zip(columns, bind_processors(dialect, table, columns), strict=True):
         column_type = table.c[name].type
         if isinstance(column_type, JSON):  # JSON text, as SQLAlchemy's json_serializer writes
             encoders.append(_json_element(column_type.none_as_null))
         else:
             encoders.append(process)
-    arrays = ", ".join(f"%b::{type_}[]" for type_ in types)
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"  # noqa: S608
-    if returning:
-        sql += f" RETURNING {', '.join(returning)}"
-    _ARRAY_INSERTS[key] = sql, encoders
-    return sql, encoders
-
-
-_ARRAY_INSERTS: dict[
-    tuple[str, tuple[str, ...], tuple[str, ...]], tuple[str, list[Callable[[Any], Any] | None]]
-] = {}
+    return tuple(encoders)
 
 
 def _json_element(none_as_null: bool) -> Callable[[Any], str | None]:
