@@ -34,7 +34,6 @@ import re
 import resource
 import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -166,22 +165,6 @@ class Run:
         return self.peak_rss_kb - self.idle_rss_kb
 
 
-def migrate(db: Database, workdir: Path) -> None:
-    command = [str(SYNCD), "migrate"]
-    done = subprocess.run(
-        command,
-        cwd=workdir,
-        env=syncd_env(db.url),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise BenchError(f"syncd migrate exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-    print(f"  $ {shlex.join(command)}\n    {done.stdout.strip()}", flush=True)
-
-
 def start_export_server(plan: Plan, workdir: Path, label: str) -> tuple[Child, str]:
     argv = [
         sys.executable,
@@ -267,7 +250,7 @@ def daemon_idle_rss(db: Database, base_url: str, workdir: Path, label: str) -> i
 def run_backfill(
     db: Database, plan: Plan, spec: str, workdir: Path, timeout: float, label: str
 ) -> Run:
-    migrate(db, workdir)
+    harness.migrate(db, workdir, echo=True)
     server, base_url = start_export_server(plan, workdir, label)
     with cleaned_up(server):
         idle = daemon_idle_rss(db, base_url, workdir, label)

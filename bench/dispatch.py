@@ -23,7 +23,6 @@ import asyncio
 import os
 import shlex
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -81,16 +80,6 @@ async def _prefill(url: str, rows: int) -> None:
                 await enqueue(conn, chunk)
     finally:
         await engine.dispose()
-
-
-def migrate(db: Database, env: dict[str, str]) -> list[str]:
-    command = [str(SYNCD), "migrate"]
-    done = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-    if done.returncode != 0:
-        raise BenchError(f"syncd migrate exited {done.returncode}:\n{done.stdout}{done.stderr}")
-    return command
 
 
 class Outbox:
@@ -260,7 +249,7 @@ def run_one(config: Config, db: Database, workdir: Path, args: argparse.Namespac
     empty.write_text("")
     env = {**base_env, "SYNCD_CONFIG": str(empty), "SYNCD_DATABASE__URL": db.url}
     print(f"  $ SYNCD_DATABASE__URL={db.url} {SYNCD} migrate", flush=True)
-    migrate(db, env)
+    harness.migrate(db, workdir, env)
     started = time.monotonic()
     asyncio.run(_prefill(db.url, args.rows))
     with Outbox(db) as outbox:

@@ -242,13 +242,16 @@ def syncd_env(db_url: str, port: int | None = None, **more: str) -> dict[str, st
     return env | more
 
 
-def migrate(db: Database, workdir: Path) -> list[str]:
-    """``syncd migrate`` on the database; returns the command."""
+def migrate(
+    db: Database, workdir: Path, env: dict[str, str] | None = None, *, echo: bool = False
+) -> list[str]:
+    """``syncd migrate`` on the database (in ``env``, else :func:`syncd_env`); returns the
+    command. ``echo``: print the command and what it said."""
     command = [str(SYNCD), "migrate"]
     done = subprocess.run(
         command,
         cwd=workdir,
-        env=syncd_env(db.url),
+        env=env if env is not None else syncd_env(db.url),
         capture_output=True,
         text=True,
         timeout=300,
@@ -256,6 +259,8 @@ def migrate(db: Database, workdir: Path) -> list[str]:
     )
     if done.returncode != 0:
         raise BenchError(f"syncd migrate exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    if echo:
+        print(f"  $ {shlex.join(command)}\n    {done.stdout.strip()}", flush=True)
     return command
 
 
