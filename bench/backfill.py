@@ -54,7 +54,6 @@ from harness import (
     command_line,
     cpu_seconds,
     free_port,
-    http_status,
     machine,
     proc_status,
     tail,
@@ -216,28 +215,11 @@ def daemon_idle_rss(db: Database, base_url: str, workdir: Path, label: str) -> i
         SYNCD_HTTP__TOKEN="bench-token",
         SYNCD_GETCOURSE__POLL__INTERVAL="0",
     )
-    daemon = Child("syncd run", [str(SYNCD), "run"], workdir / f"syncd-run-{label}.log", env)
-    with cleaned_up(daemon):
-        daemon.spawn()
-        deadline = time.monotonic() + 60
-        while True:
-            if not daemon.alive():
-                raise daemon.died()
-            try:
-                if http_status(f"http://{LOOPBACK}:{port}/readyz", timeout=1) == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise BenchError(f"syncd run not ready in 60s:\n{tail(daemon.log)}")
-            time.sleep(0.05)
+    log = workdir / f"syncd-run-{label}.log"
+    daemon = harness.Server("syncd run", [str(SYNCD), "run"], port, log, env)
+    with harness.running(daemon, "/readyz"):
         time.sleep(2)  # steady: imports done, pools opened, first scheduler ticks
-        samples = []
-        for _ in range(10):
-            rss = proc_status(daemon.pid, "VmRSS")
-            if rss is not None:
-                samples.append(rss)
-            time.sleep(SAMPLE_EVERY)
+        samples = harness.status_samples(daemon.pid, ("VmRSS",), 10, SAMPLE_EVERY)["VmRSS"]
         code = daemon.stop()
     if code != 0:
         raise BenchError(f"syncd run exited {code} on SIGTERM:\n{tail(daemon.log)}")

@@ -130,6 +130,21 @@ def proc_status(pid: int, key: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def status_samples(
+    pid: int, keys: tuple[str, ...], samples: int = 10, every: float = 0.1
+) -> dict[str, list[int]]:
+    """``samples`` readings of each :func:`proc_status` key, ``every`` seconds apart (the
+    readings that could not be made are left out)."""
+    found: dict[str, list[int]] = {key: [] for key in keys}
+    for _ in range(samples):
+        for key in keys:
+            value = proc_status(pid, key)
+            if value is not None:
+                found[key].append(value)
+        time.sleep(every)
+    return found
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time the process has used so far."""
     try:

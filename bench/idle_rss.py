@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import harness
-from harness import SYNCD, BenchError, Server, command_line, free_port, machine, proc_status
+from harness import SYNCD, BenchError, Server, command_line, free_port, machine
 
 TOKEN = "bench-token-9d21"
 TARGET_MB = 75  # decimal megabytes, as the issue states it
@@ -67,15 +67,10 @@ def one_daemon(
     with harness.running(daemon, "/readyz"):
         run.ready_s.append(time.monotonic() - began)
         time.sleep(settle)  # imports done, pools opened, the first scheduler ticks
-        rss: list[int] = []
-        anon: list[int] = []
-        file: list[int] = []
-        for _ in range(SAMPLES):
-            for key, into in (("VmRSS", rss), ("RssAnon", anon), ("RssFile", file)):
-                value = proc_status(daemon.pid, key)
-                if value is not None:
-                    into.append(value)
-            time.sleep(SAMPLE_EVERY)
+        found = harness.status_samples(
+            daemon.pid, ("VmRSS", "RssAnon", "RssFile"), SAMPLES, SAMPLE_EVERY
+        )
+        rss, anon, file = found["VmRSS"], found["RssAnon"], found["RssFile"]
         code = daemon.stop()
     if code != 0:
         raise BenchError(f"syncd run exited {code} on SIGTERM:\n{harness.tail(daemon.log)}")
