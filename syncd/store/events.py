@@ -37,6 +37,7 @@ from syncd.store.errors import translated
 from syncd.store.links import identity_transaction, load_people, people_where
 from syncd.store.models import Delivery, Event, Identity, IdentityChange, utcnow
 from syncd.store.outbox import NewDelivery, enqueue
+from syncd.store.pipeline import pipelined
 
 #: Told of the rules that made no call, once per committed batch.
 OnSkips = Callable[[list[Skip]], None]
@@ -233,7 +234,7 @@ class EventStore:
     async def ingest(self, events: Sequence[NewEvent]) -> list[IngestResult]:
         """Store new events, apply the rules to them; repeats are answered duplicate."""
         skips: list[Skip] = []
-        async with identity_transaction(self.engine) as conn:
+        async with identity_transaction(self.engine, lookups=True) as conn:  # by key only
             results, enqueued = await self._ingest(conn, events, utcnow(), skips)
         self.enqueued += enqueued
         self._report(skips)
@@ -496,7 +497,8 @@ class EventStore:
     async def after_link(self, conn: AsyncConnection, people: list[Person], now: datetime) -> int:
         """In a link's transaction: give the people's bot events their identity, and
         deliver their waiting events that are still news (SPEC §10, §11)."""
-        await _attach_bot_events(conn, people, self.addressing.project_id)
+        async with pipelined(conn):  # its two updates: one round trip on PostgreSQL
+            await _attach_bot_events(conn, people, self.addressing.project_id)
         if not self.addressing.rules:
             return 0
         by_id = {p.id: p for p in people}

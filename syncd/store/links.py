@@ -40,6 +40,7 @@ from syncd.store.errors import translated
 from syncd.store.linkplan import Effects, LinkRequest, Plan, no_effects
 from syncd.store.models import Identity, IdentityChange, LinkConflict, SalebotClient, utcnow
 from syncd.store.outbox import enqueue
+from syncd.store.pipeline import pipelined
 from syncd.store.rows import insert_values
 
 __all__ = ["Effects", "LinkRequest", "LinkResult", "LinkStore", "no_effects"]
@@ -65,16 +66,41 @@ class LinkResult:
 
 
 @asynccontextmanager
-async def identity_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+async def identity_transaction(
+    engine: AsyncEngine, *, lookups: bool = False
+) -> AsyncIterator[AsyncConnection]:
     """A transaction that may create or change identities: it holds the write lock from
     its first read (``BEGIN IMMEDIATE`` on SQLite; an advisory lock on PostgreSQL, so
-    several daemons take turns). Outages become :class:`StoreUnavailable`."""
+    several daemons take turns). Outages become :class:`StoreUnavailable`.
+
+    ``lookups``: every statement of the transaction finds its rows by key (a webhook's
+    batch). On PostgreSQL the planner is then held to index searches and nested loops
+    for this transaction only (:data:`_LOCK_FOR_LOOKUPS`).
+    """
     async with translated(), writing(engine), engine.connect() as conn:
         conn = await conn.execution_options(write_lock=True)
         async with conn.begin():
             if conn.dialect.name == "postgresql":
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": IDENTITY_LOCK})
+                async with pipelined(conn):  # BEGIN and the lock: one round trip
+                    await conn.execute(_LOCK_FOR_LOOKUPS if lookups else _LOCK, _LOCK_KEY)
             yield conn
+
+
+_LOCK_KEY = {"k": IDENTITY_LOCK}
+_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+#: The lock, and the planner held to index searches until the transaction ends. A
+#: school's tables start empty and grow by thousands an hour, and PostgreSQL plans with
+#: the statistics of its last ANALYZE (autovacuum's, a minute or more behind): it read
+#: every person with a sequential scan in each link batch while ``identities`` looked
+#: small (3,800 rows: 2.1 ms a batch instead of 0.2, growing with the table until the
+#: next ANALYZE). A batch's statements are key lookups by design
+#: (``tests/test_store_plans.py`` proves each has an index path), so this cannot pick a
+#: worse plan for them. ``set_config(…, true)`` is ``SET LOCAL``: it ends with the
+#: transaction and costs no round trip of its own.
+_LOCK_FOR_LOOKUPS = text(
+    "SELECT pg_advisory_xact_lock(:k), set_config('enable_seqscan', 'off', true), "
+    "set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)"
+)
 
 
 class LinkStore:
@@ -96,7 +122,7 @@ class LinkStore:
 
     async def apply(self, requests: Sequence[LinkRequest]) -> list[LinkResult]:
         """Apply a batch in one transaction; raises :class:`StoreUnavailable` on an outage."""
-        async with identity_transaction(self.engine) as conn:
+        async with identity_transaction(self.engine, lookups=True) as conn:
             people = await load_people(conn, [r.claim for r in requests])
             first = {p.id: p for p in people if p.id is not None}
             plan = Plan(first, self.on_conflict, self.effects)
@@ -151,42 +177,44 @@ async def _write(
         for person in created:
             assert person.id is not None
             ids[person.id] = by_email[person.email]
-    if updated:
-        await conn.execute(
-            update(Identity)
-            .where(Identity.id == bindparam("b_id"))
-            .values(telegram_id=bindparam("b_telegram"), updated_at=now),
-            [{"b_id": final.id, "b_telegram": final.telegram_id} for _, final in updated],
-        )
-    await insert_values(
-        conn,
-        CLIENTS,
-        ("project_id", "client_id", "identity_id", "created_at"),
-        [(p, c, ids[i], now) for p, c, i in plan.clients_added()],
-    )
-    await insert_values(
-        conn,
-        CHANGES,
-        ("identity_id", "source", "before", "after", "reason", "changed_at"),
-        [
-            (
-                ids[change.identity_id],
-                change.source,
-                change.before.keys() if change.before is not None else None,
-                replace(change.after, id=ids[change.identity_id]).keys(),
-                change.reason,
-                now,
+    # nothing in this block reads a result: on PostgreSQL, one round trip for all of it
+    async with pipelined(conn):
+        if updated:
+            await conn.execute(
+                update(Identity)
+                .where(Identity.id == bindparam("b_id"))
+                .values(telegram_id=bindparam("b_telegram"), updated_at=now),
+                [{"b_id": final.id, "b_telegram": final.telegram_id} for _, final in updated],
             )
-            for change in plan.changes
-        ],
-    )
+        await insert_values(
+            conn,
+            CLIENTS,
+            ("project_id", "client_id", "identity_id", "created_at"),
+            [(p, c, ids[i], now) for p, c, i in plan.clients_added()],
+        )
+        await insert_values(
+            conn,
+            CHANGES,
+            ("identity_id", "source", "before", "after", "reason", "changed_at"),
+            [
+                (
+                    ids[change.identity_id],
+                    change.source,
+                    change.before.keys() if change.before is not None else None,
+                    replace(change.after, id=ids[change.identity_id]).keys(),
+                    change.reason,
+                    now,
+                )
+                for change in plan.changes
+            ],
+        )
     deliveries = [
         replace(d, identity_id=ids.get(d.identity_id, d.identity_id))
         if d.identity_id is not None
         else d
         for d in plan.deliveries
     ]
-    await enqueue(conn, deliveries, now)
+    await enqueue(conn, deliveries, now)  # SQLAlchemy's many-row insert reads its answers
     results = []
     for request, decision, target in zip(requests, plan.decisions, plan.targets, strict=True):
         if decision.status == "conflict":

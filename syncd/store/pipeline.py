@@ -1,0 +1,41 @@
+"""Several statements in one round trip to PostgreSQL (psycopg's pipeline mode).
+
+A link batch on PostgreSQL was nine round trips to the server, each one a wake-up of
+the server and of syncd: on the two shared cores of a small VM that waiting, not the
+work, set the pace. Inside :func:`pipelined` psycopg sends each statement without
+waiting for its answer and reads every answer at the end of the block, so the server
+runs them back to back. Statements keep their order and their transaction; the first
+error is raised at the end of the block, as SQLAlchemy would raise it (the store's
+error rules apply).
+
+Only for statements whose results nobody reads: SQLAlchemy looks for rows as soon as a
+statement is sent, so a ``SELECT`` or a ``RETURNING`` inside the block would come back
+empty, and ``rowcount`` is unknown. On SQLite the block is a no-op (the statements run
+in-process; there is no round trip to save).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+@asynccontextmanager
+async def pipelined(conn: AsyncConnection) -> AsyncIterator[None]:
+    """Run the block's statements in one round trip on PostgreSQL (see the module)."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    import psycopg  # only PostgreSQL installations get here
+
+    raw = await conn.get_raw_connection()
+    driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+    try:
+        async with driver.pipeline():
+            yield
+    except psycopg.Error as exc:
+        raise DBAPIError.instance("(pipelined statements)", None, exc, psycopg.Error) from exc
