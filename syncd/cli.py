@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from loguru import logger
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncd import __version__, config, logs
 from syncd.errors import ConfigError, InvalidInput, StoreError, SyncdError
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from syncd.poller import Job
 
 Command = Callable[[argparse.Namespace, config.Settings], Coroutine[Any, Any, int]]
@@ -63,6 +64,9 @@ async def open_store(settings: config.Settings) -> AsyncIterator[AsyncEngine]:
 
 
 async def cmd_run(_: argparse.Namespace, settings: config.Settings) -> int:
+    from syncd import memory
+
+    memory.lean_imports()  # before anything imports them: no ORM, no uvicorn CLI
     from syncd import daemon
 
     await _refuse_unusable_database(settings)

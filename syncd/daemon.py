@@ -17,24 +17,21 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import httpx
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncd.batching import Batcher
-from syncd.clients.getcourse import GetCourseClient
-from syncd.clients.http import new_http_client
-from syncd.clients.salebot import SalebotClient
 from syncd.config import Settings
 from syncd.errors import ConfigError, PermanentError, StoreUnavailable
 from syncd.events import NewEvent
 from syncd.http.app import AppContext, create_app
 from syncd.http.server import Limits, guarded
 from syncd.http.wire import with_utf8_targets
+from syncd.memory import release_freed
 from syncd.metrics import Metrics
 from syncd.notify import Notifier
 from syncd.outbox import Dispatcher, Sender
@@ -48,6 +45,9 @@ from syncd.store.errors import translated
 from syncd.store.events import Addressing, EventStore, IngestResult, OnSkips, expire_waiting
 from syncd.store.links import Effects, LinkRequest, LinkResult, LinkStore, no_effects
 from syncd.writeback import WriteBack
+
+if TYPE_CHECKING:
+    import httpx
 
 GRACEFUL_SECONDS = 10
 ACTIVITY_SECONDS = 60.0
@@ -143,6 +143,9 @@ def policy(settings: Settings) -> BackoffPolicy:
 
 def senders(http: httpx.AsyncClient, settings: Settings) -> dict[str, Sender]:
     """How each outbox target is called."""
+    from syncd.clients.getcourse import GetCourseClient
+    from syncd.clients.salebot import SalebotClient
+
     getcourse = GetCourseClient(http, settings.getcourse.url, settings.getcourse.api_key)
     salebot = SalebotClient(http, settings.salebot.base_url, settings.salebot.api_key)
 
@@ -157,6 +160,50 @@ def senders(http: httpx.AsyncClient, settings: Settings) -> dict[str, Sender]:
         return await salebot.call(action, payload)
 
     return {"getcourse": to_getcourse, "salebot": to_salebot}
+
+
+class Outgoing:
+    """The daemon's one outgoing HTTP client, made at its first use.
+
+    httpx, aiohttp and the transport between them (``syncd.clients.http``) are ~8 MiB
+    of a daemon's RSS (``bench/idle_rss.py --breakdown``): a daemon with nothing to
+    deliver and the export poller off never loads them.
+    """
+
+    def __init__(self) -> None:
+        self._client: httpx.AsyncClient | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            from syncd.clients.http import new_http_client
+
+            self._client = new_http_client()
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
+def lazy_senders(outgoing: Outgoing, settings: Settings) -> dict[str, Sender]:
+    """:func:`senders` over ``outgoing``'s client, made at the first call of any target.
+
+    The first call also puts the real senders into the returned dict, so that a
+    dispatcher holding it calls them directly from then on.
+    """
+    made: dict[str, Sender] = {}
+
+    def target(name: str) -> Sender:
+        async def first(action: str, payload: dict[str, Any]) -> object:
+            if not made:
+                made.update(senders(outgoing.client(), settings))
+                lazy.update(made)
+            return await made[name](action, payload)
+
+        return first
+
+    lazy = {name: target(name) for name in ("getcourse", "salebot")}
+    return lazy
 
 
 def write_back(settings: Settings) -> Effects:
@@ -311,11 +358,12 @@ async def serve_until(settings: Settings, stop: asyncio.Event) -> None:
         if not settings.getcourse.api_key:
             logger.warning("getcourse.api_key is empty: links are not written back to GetCourse")
         metrics = Metrics(kinds=(rule.event for rule in settings.rules))
-        http = await stack.enter_async_context(new_http_client())
+        outgoing = Outgoing()  # closed after the dispatcher has stopped
+        stack.push_async_callback(outgoing.aclose)
         dispatcher = await stack.enter_async_context(
             Dispatcher(
                 engine,
-                senders(http, settings),
+                lazy_senders(outgoing, settings),
                 policy(settings),
                 limiters={"salebot": RateLimiter(settings.salebot.rate_per_second)},
                 concurrency=settings.delivery.concurrency,
@@ -348,9 +396,8 @@ async def serve_until(settings: Settings, stop: asyncio.Event) -> None:
             from syncd.poller import Poller, jobs  # and ijson: loaded when the poller is on
 
             poll_events = counted_new(waking(events_in.ingest_new, events_in, dispatcher), metrics)
-            poller = Poller(
-                engine, http, settings.getcourse.url, settings.getcourse.api_key, poll_events
-            )
+            gc = settings.getcourse
+            poller = Poller(engine, outgoing.client(), gc.url, gc.api_key, poll_events)
             scheduler.add_job(
                 stoppable.wrap(
                     poller.cycle,
@@ -409,6 +456,7 @@ async def serve_until(settings: Settings, stop: asyncio.Event) -> None:
         )
         notifier = Notifier()
         notifier.ready(f"listening on {host}:{port}")  # bound, and migrations are at head
+        release_freed()  # what start-up freed: up to ~4 MiB of RSS (bench/idle_rss.py)
         pinging = asyncio.create_task(notifier.watchdog(), name="watchdog")
         stack.callback(pinging.cancel)
         stack.callback(notifier.stopping)  # runs first on the way out

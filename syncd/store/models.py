@@ -1,14 +1,21 @@
-"""The tables of syncd (SPEC §4). The schema itself is made by Alembic, never by create_all."""
+"""The tables of syncd (SPEC §4). The schema itself is made by Alembic, never by create_all.
+
+SQLAlchemy Core, not the ORM: syncd reads and writes with Core statements only, and the
+ORM (``sqlalchemy.orm``) is ~7.7 MiB of a running daemon's RSS (``bench/idle_rss.py``).
+Each table is still spelled as a class: its columns are class attributes
+(``Event.kind``), the class stands for its table in ``select()``, ``insert()``,
+``update()`` and ``delete()``, and ``Event.__table__`` is the :class:`~sqlalchemy.Table`.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
-from decimal import Decimal
-from typing import Any, ClassVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Column,
     Date,
     DateTime,
     ForeignKey,
@@ -17,13 +24,18 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
     text,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import FromClause
+from sqlalchemy.sql.schema import SchemaItem
+from sqlalchemy.types import TypeEngine
+
+_T = TypeVar("_T")
 
 #: BIGINT on PostgreSQL; INTEGER (the rowid alias, so it auto-increments) on SQLite.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -61,28 +73,75 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map: ClassVar[dict[Any, Any]] = {
-        datetime: UTCDateTime(),
-        dict[str, Any]: JSON(),
-    }
+if TYPE_CHECKING:
+
+    class _Column(Generic[_T]):
+        """How mypy sees a column attribute: read from its class, a ``Column[_T]``.
+
+        (SQLAlchemy types a ``Column`` read from a class as ``Never``, to keep Core
+        columns from passing for ORM attributes.)
+        """
+
+        def __get__(self, instance: object, owner: Any) -> Column[_T]: ...
+
+
+def json_object() -> TypeEngine[dict[str, Any]]:
+    """JSON holding an object: a dict in Python."""
+    return cast("TypeEngine[dict[str, Any]]", JSON())
+
+
+def column(
+    type_: TypeEngine[_T] | type[TypeEngine[_T]], *args: SchemaItem, **kw: Any
+) -> _Column[_T]:
+    """A NOT NULL column (its name is the attribute's)."""
+    return cast("_Column[_T]", Column(type_, *args, nullable=False, **kw))
+
+
+def nullable(
+    type_: TypeEngine[_T] | type[TypeEngine[_T]], *args: SchemaItem, **kw: Any
+) -> _Column[_T | None]:
+    """A column that may be NULL (its name is the attribute's)."""
+    return cast("_Column[_T | None]", Column(type_, *args, nullable=True, **kw))
+
+
+class Base:
+    """One table, spelled as a class whose :class:`~sqlalchemy.Column` attributes are its
+    columns, in order; ``__tablename__`` and ``__table_args__`` as in declarative."""
+
+    metadata: ClassVar[MetaData] = MetaData(naming_convention=NAMING)
+    __tablename__: ClassVar[str]
+    __table_args__: ClassVar[tuple[Any, ...]] = ()
+    __table__: ClassVar[FromClause]  # a Table, typed as declarative types it
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        columns: list[Column[Any]] = []
+        for key, value in vars(cls).items():
+            if isinstance(value, Column):
+                value.name = value.key = key
+                columns.append(value)
+        cls.__table__ = Table(cls.__tablename__, cls.metadata, *columns, *cls.__table_args__)
+
+    @classmethod
+    def __clause_element__(cls) -> FromClause:
+        """The table, wherever SQLAlchemy is given the class (``select(Event)``)."""
+        return cls.__table__
 
 
 class Identity(Base):
     """One person."""
 
     __tablename__ = "identities"
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    email: Mapped[str] = mapped_column(String(320), unique=True)
-    telegram_id: Mapped[int | None] = mapped_column(BigInteger, unique=True)
-    gc_user_id: Mapped[int | None] = mapped_column(BigInteger, unique=True)
-    created_at: Mapped[datetime]
-    updated_at: Mapped[datetime]
+    id = column(BigId, primary_key=True)
+    email = column(String(320), unique=True)
+    telegram_id = nullable(BigInteger, unique=True)
+    gc_user_id = nullable(BigInteger, unique=True)
+    created_at = column(UTCDateTime())
+    updated_at = column(UTCDateTime())
     #: The keys a successful GetCourse import last wrote into the person's custom fields
     #: (SPEC §11): ``syncd writeback sync`` queues the write where they differ.
-    gc_telegram_id: Mapped[int | None] = mapped_column(BigInteger)
-    gc_client_id: Mapped[int | None] = mapped_column(BigInteger)
+    gc_telegram_id = nullable(BigInteger)
+    gc_client_id = nullable(BigInteger)
 
 
 class SalebotClient(Base):
@@ -90,26 +149,24 @@ class SalebotClient(Base):
 
     __tablename__ = "salebot_clients"
     __table_args__ = (UniqueConstraint("identity_id", "project_id"),)
-    project_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    client_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    identity_id: Mapped[int] = mapped_column(BigId, ForeignKey("identities.id", ondelete="CASCADE"))
-    created_at: Mapped[datetime]
+    project_id = column(BigInteger, primary_key=True)
+    client_id = column(BigInteger, primary_key=True)
+    identity_id = column(BigId, ForeignKey("identities.id", ondelete="CASCADE"))
+    created_at = column(UTCDateTime())
 
 
 class IdentityChange(Base):
     """Append-only trace of every change to an identity: before/after keys, source, time."""
 
     __tablename__ = "identity_changes"
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    id = column(BigId, primary_key=True)
     #: NULL only on the trace ``syncd identity forget`` leaves (the identity is gone)
-    identity_id: Mapped[int | None] = mapped_column(
-        BigId, ForeignKey("identities.id", ondelete="CASCADE"), index=True
-    )
-    source: Mapped[str] = mapped_column(String(32))
-    before: Mapped[dict[str, Any] | None]
-    after: Mapped[dict[str, Any]]
-    reason: Mapped[str] = mapped_column(Text, server_default="")
-    changed_at: Mapped[datetime]
+    identity_id = nullable(BigId, ForeignKey("identities.id", ondelete="CASCADE"), index=True)
+    source = column(String(32))
+    before = nullable(json_object())
+    after = column(json_object())
+    reason = column(Text, server_default="")
+    changed_at = column(UTCDateTime())
 
 
 class LinkConflict(Base):
@@ -117,18 +174,18 @@ class LinkConflict(Base):
 
     __tablename__ = "link_conflicts"
     __table_args__ = (Index("ix_link_conflicts_status_email", "status", "email"),)
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), server_default=text("'open'"))
-    source: Mapped[str] = mapped_column(String(32))
-    email: Mapped[str] = mapped_column(String(320))
-    telegram_id: Mapped[int | None] = mapped_column(BigInteger)
-    project_id: Mapped[int] = mapped_column(BigInteger)
-    client_id: Mapped[int | None] = mapped_column(BigInteger)
-    holders: Mapped[dict[str, Any]]
-    reason: Mapped[str] = mapped_column(Text)
-    seen_count: Mapped[int] = mapped_column(Integer, server_default=text("1"))
-    created_at: Mapped[datetime]
-    last_seen_at: Mapped[datetime]
+    id = column(BigId, primary_key=True)
+    status = column(String(16), server_default=text("'open'"))
+    source = column(String(32))
+    email = column(String(320))
+    telegram_id = nullable(BigInteger)
+    project_id = column(BigInteger)
+    client_id = nullable(BigInteger)
+    holders = column(json_object())
+    reason = column(Text)
+    seen_count = column(Integer, server_default=text("1"))
+    created_at = column(UTCDateTime())
+    last_seen_at = column(UTCDateTime())
 
 
 class Delivery(Base):
@@ -145,24 +202,22 @@ class Delivery(Base):
         Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
         Index("ix_deliveries_identity_id_status", "identity_id", "status"),
     )
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    target: Mapped[str] = mapped_column(String(16))
-    action: Mapped[str] = mapped_column(String(32))
-    payload: Mapped[dict[str, Any]]
-    identity_id: Mapped[int | None] = mapped_column(
-        BigId, ForeignKey("identities.id", ondelete="SET NULL")
-    )
-    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
-    status: Mapped[str] = mapped_column(String(16))
-    waiting_for: Mapped[str | None] = mapped_column(String(32))
-    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
-    created_at: Mapped[datetime]
-    age_from: Mapped[datetime]
-    next_attempt_at: Mapped[datetime]
-    leased_until: Mapped[datetime | None]
-    lease_owner: Mapped[str | None] = mapped_column(String(64))
-    last_error: Mapped[str | None] = mapped_column(Text)
-    finished_at: Mapped[datetime | None]
+    id = column(BigId, primary_key=True)
+    target = column(String(16))
+    action = column(String(32))
+    payload = column(json_object())
+    identity_id = nullable(BigId, ForeignKey("identities.id", ondelete="SET NULL"))
+    dedupe_key = nullable(String(200), unique=True)
+    status = column(String(16))
+    waiting_for = nullable(String(32))
+    attempts = column(Integer, server_default=text("0"))
+    created_at = column(UTCDateTime())
+    age_from = column(UTCDateTime())
+    next_attempt_at = column(UTCDateTime())
+    leased_until = nullable(UTCDateTime())
+    lease_owner = nullable(String(64))
+    last_error = nullable(Text)
+    finished_at = nullable(UTCDateTime())
 
 
 class Event(Base):
@@ -190,25 +245,23 @@ class Event(Base):
         Index("ix_events_unlinked_telegram_id", "telegram_id"),
         Index("ix_events_unlinked_client_id", "project_id", "client_id"),
     )
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(64))
-    external_id: Mapped[str] = mapped_column(String(128))
-    occurred_at: Mapped[datetime | None]
-    received_at: Mapped[datetime]
-    email: Mapped[str | None] = mapped_column(String(320))
-    gc_user_id: Mapped[int | None] = mapped_column(BigInteger)
-    identity_id: Mapped[int | None] = mapped_column(
-        BigId, ForeignKey("identities.id", ondelete="SET NULL")
-    )
-    data: Mapped[dict[str, Any]]
-    source: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16))
-    wait_until: Mapped[datetime | None]
-    notes: Mapped[str] = mapped_column(Text, server_default="")
+    id = column(BigId, primary_key=True)
+    kind = column(String(64))
+    external_id = column(String(128))
+    occurred_at = nullable(UTCDateTime())
+    received_at = column(UTCDateTime())
+    email = nullable(String(320))
+    gc_user_id = nullable(BigInteger)
+    identity_id = nullable(BigId, ForeignKey("identities.id", ondelete="SET NULL"))
+    data = column(json_object())
+    source = column(String(16))
+    status = column(String(16))
+    wait_until = nullable(UTCDateTime())
+    notes = column(Text, server_default="")
     #: A bot event's Salebot keys (SPEC §10); empty for GetCourse events.
-    telegram_id: Mapped[int | None] = mapped_column(BigInteger)
-    client_id: Mapped[int | None] = mapped_column(BigInteger)
-    project_id: Mapped[int | None] = mapped_column(BigInteger)
+    telegram_id = nullable(BigInteger)
+    client_id = nullable(BigInteger)
+    project_id = nullable(BigInteger)
 
 
 class ExportState(Base):
@@ -221,25 +274,25 @@ class ExportState(Base):
     """
 
     __tablename__ = "export_state"
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    cursor: Mapped[date | None] = mapped_column(Date)
-    pending_export_id: Mapped[int | None] = mapped_column(BigInteger)
-    pending_filters: Mapped[dict[str, Any] | None]
-    pending_since: Mapped[datetime | None]
-    last_run_at: Mapped[datetime | None]
-    last_rows: Mapped[int] = mapped_column(Integer, server_default=text("0"))
-    last_errors: Mapped[int] = mapped_column(Integer, server_default=text("0"))
-    last_error: Mapped[str] = mapped_column(Text, server_default="")
+    name = column(String(64), primary_key=True)
+    cursor = nullable(Date)
+    pending_export_id = nullable(BigInteger)
+    pending_filters = nullable(json_object())
+    pending_since = nullable(UTCDateTime())
+    last_run_at = nullable(UTCDateTime())
+    last_rows = column(Integer, server_default=text("0"))
+    last_errors = column(Integer, server_default=text("0"))
+    last_error = column(Text, server_default="")
 
 
 class ExportRequest(Base):
     """Every export request made (starts and polls): the account's budget, counted."""
 
     __tablename__ = "export_requests"
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    at: Mapped[datetime] = mapped_column(index=True)
-    export: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(16))
+    id = column(BigId, primary_key=True)
+    at = column(UTCDateTime(), index=True)
+    export = column(String(64))
+    kind = column(String(16))
 
 
 class AnalyticsDeal(Base):
@@ -249,23 +302,21 @@ class AnalyticsDeal(Base):
     """
 
     __tablename__ = "analytics_deals"
-    deal_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    number: Mapped[str | None] = mapped_column(String(64))
-    identity_id: Mapped[int | None] = mapped_column(
-        BigId, ForeignKey("identities.id", ondelete="SET NULL"), index=True
-    )
-    status: Mapped[str | None] = mapped_column(String(64))
-    status_at: Mapped[datetime | None]
-    cost: Mapped[Decimal | None] = mapped_column(Numeric())
-    paid_amount: Mapped[Decimal | None] = mapped_column(Numeric())
-    currency: Mapped[str | None] = mapped_column(String(16))
-    title: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime | None]
-    first_at: Mapped[datetime]
-    paid_at: Mapped[datetime | None]
-    utm_source: Mapped[str | None] = mapped_column(Text)
-    utm_medium: Mapped[str | None] = mapped_column(Text)
-    utm_campaign: Mapped[str | None] = mapped_column(Text)
+    deal_id = column(String(128), primary_key=True)
+    number = nullable(String(64))
+    identity_id = nullable(BigId, ForeignKey("identities.id", ondelete="SET NULL"), index=True)
+    status = nullable(String(64))
+    status_at = nullable(UTCDateTime())
+    cost = nullable(Numeric())
+    paid_amount = nullable(Numeric())
+    currency = nullable(String(16))
+    title = nullable(Text)
+    created_at = nullable(UTCDateTime())
+    first_at = column(UTCDateTime())
+    paid_at = nullable(UTCDateTime())
+    utm_source = nullable(Text)
+    utm_medium = nullable(Text)
+    utm_campaign = nullable(Text)
 
 
 class AnalyticsBotContact(Base):
@@ -276,15 +327,15 @@ class AnalyticsBotContact(Base):
     """
 
     __tablename__ = "analytics_bot_contacts"
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    key: Mapped[str] = mapped_column(String(64), unique=True)
-    project_id: Mapped[int | None] = mapped_column(BigInteger)
-    client_id: Mapped[int | None] = mapped_column(BigInteger)
-    telegram_id: Mapped[int | None] = mapped_column(BigInteger)
-    first_at: Mapped[datetime]
-    start: Mapped[str | None] = mapped_column(Text)
-    start_at: Mapped[datetime | None]
-    utm_source: Mapped[str | None] = mapped_column(Text)
-    utm_source_at: Mapped[datetime | None]
-    utm_campaign: Mapped[str | None] = mapped_column(Text)
-    utm_campaign_at: Mapped[datetime | None]
+    id = column(BigId, primary_key=True)
+    key = column(String(64), unique=True)
+    project_id = nullable(BigInteger)
+    client_id = nullable(BigInteger)
+    telegram_id = nullable(BigInteger)
+    first_at = column(UTCDateTime())
+    start = nullable(Text)
+    start_at = nullable(UTCDateTime())
+    utm_source = nullable(Text)
+    utm_source_at = nullable(UTCDateTime())
+    utm_campaign = nullable(Text)
+    utm_campaign_at = nullable(UTCDateTime())
