@@ -640,11 +640,14 @@ async def _backfill(
     gc = settings.getcourse
     async with open_store(settings) as engine, new_http_client() as http:
         # history is data, not news: a backfill fires no rule (SPEC §11)
-        store = EventStore(engine, addressing(settings).history_only())
+        # relaxed commits: a backfill's events are history that a rerun writes again (and
+        # de-duplicates), and the window's end is recorded by an ordinary commit after
+        # them, which makes them durable with it (WAL is flushed in order)
+        store = EventStore(engine, addressing(settings).history_only(), relaxed_commits=True)
         windows = -(-days // args.window_days) * len(configured)
         with Progress("backfill", windows, unit="windows") as bar:
             ingest = tally.counting(store.ingest_new, bar)
-            poller = Poller(engine, http, gc.url, gc.api_key, ingest)
+            poller = Poller(engine, http, gc.url, gc.api_key, ingest, chunk=BACKFILL_CHUNK)
             done = await backfill(
                 poller, configured, args.since, until,
                 window=timedelta(days=args.window_days), progress=bar.note,
@@ -656,6 +659,14 @@ async def _backfill(
     for name in broken:
         err(f"{name} failed: see the log line above")
     return 1 if broken else 0
+
+
+#: Events per transaction in a backfill (the poller's default: 2,000). Each chunk looks
+#: its people up again and makes its own round trips and commit (on PostgreSQL it locks
+#: every buyer's identity row again for the foreign keys): 5,000 took 15-20 % less CPU
+#: in syncd and ~10 % less in the server than 2,000 on a 200,000-row export, for +6 MiB
+#: of peak RSS (10,000: +20 MiB).
+BACKFILL_CHUNK = 5000
 
 
 @contextmanager

@@ -303,7 +303,7 @@ async def insert_counted(
     """:func:`insert_new` returning only how many rows were inserted (no row back)."""
     if conn.dialect.name == "postgresql":
         if len(rows) >= COPY_FROM_ROWS:
-            return (await _copy_insert(conn, table, columns, rows, unique, ()))[1]
+            return await copy_binary(conn, table, columns, rows, unique)
         return (await _unnest_insert(conn, table, columns, rows, unique, ()))[1]
     count = 0
     async for result in _insert_parts(conn, table, columns, rows, unique, ()):
@@ -321,11 +321,124 @@ async def merge_many(
 ) -> None:
     """PostgreSQL: ``INSERT … ON CONFLICT (unique) DO UPDATE SET update`` of many rows.
 
-    By :func:`_copy_insert` (``COPY`` into the staging table, then one ``INSERT …
+    By :func:`copy_binary` (``COPY`` into the staging table, then one ``INSERT …
     SELECT``). The rows must already be the driver's values and name each key once: a
     ``DO UPDATE`` may not touch a row twice in one statement. ``update`` names the
     proposed row ``excluded``, as in any upsert.
     """
     if conn.dialect.name != "postgresql":
         raise NotImplementedError("merge_many: PostgreSQL only")
-    await _copy_insert(conn, table, columns, rows, unique, (), f"DO UPDATE SET {update}")
+    await copy_binary(conn, table, columns, rows, unique, f"DO UPDATE SET {update}")
+
+
+#: How each column type travels in :func:`copy_binary`: (the staging column's type, the
+#: type psycopg dumps the value as). Text-like values go as text: the server's ``json`` and
+#: ``varchar(n)`` take text in binary form (and check it as before: JSON syntax, the length).
+#: Amounts are the canonical text of :func:`syncd.events.money`: staged as text and cast in
+#: the ``INSERT … SELECT``, the same conversion a text ``COPY`` makes.
+_BINARY = {
+    "TEXT": (None, "text"), "JSON": (None, "text"), "BIGINT": (None, "int8"),
+    "INTEGER": (None, "int4"), "SMALLINT": (None, "int2"), "BOOLEAN": (None, "bool"),
+    "TIMESTAMP WITH TIME ZONE": (None, "timestamptz"), "NUMERIC": ("TEXT", "text"),
+}  # fmt: skip
+
+
+@lru_cache(maxsize=32)
+def _binary_copy_sql(
+    dialect: Dialect, table: Table, columns: tuple[str, ...], unique: tuple[str, ...],
+    action: str,
+) -> tuple[str, str, str, str, tuple[str, ...], tuple[int, ...]] | None:  # fmt: skip
+    """:func:`_copy_sql` for a binary ``COPY``, plus the dump types and the positions of
+    the JSON columns; None when a column's type has no binary way here."""
+    types = _array_types(dialect, table, columns)
+    staged, dumped, selected = [], [], []
+    for name, type_ in zip(columns, types, strict=True):
+        way = _BINARY.get("TEXT" if type_.startswith("VARCHAR") else type_)
+        if way is None:
+            return None
+        staged.append(f"{name} {way[0] or type_}")
+        dumped.append(way[1])
+        selected.append(f"CAST({name} AS {type_})" if way[0] else name)
+    staging = f"syncd_bcopy_{table.name}"
+    # names and types come from syncd's own table definitions, never from input
+    create = (
+        f"CREATE TEMP TABLE IF NOT EXISTS {staging} ({', '.join(staged)}) ON COMMIT DELETE ROWS"
+    )
+    copy = f"COPY {staging} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    insert = (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "  # noqa: S608
+        f"SELECT {', '.join(selected)} FROM {staging} " + _tail(unique, (), action)
+    )
+    clear = f"DELETE FROM {staging}"  # noqa: S608
+    json_at = tuple(i for i, type_ in enumerate(types) if type_ == "JSON")
+    return create, copy, insert, clear, tuple(dumped), json_at
+
+
+async def copy_binary(
+    conn: AsyncConnection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    unique: Sequence[str],
+    action: str = "DO NOTHING",
+) -> int:
+    """:func:`_copy_insert` (no rows back) with the values sent in binary; rows inserted
+    or updated.
+
+    psycopg's text ``COPY`` formats each value through its Python-level dumpers: for an
+    event row (15 columns, a JSON ``data`` of ~350 characters) 16-23 µs of CPU, against
+    2.6-2.8 µs in binary with the column types given (an export of 1,000,000 rows writes
+    1,670,000 events and 1,000,000 deals: 3-4 CPU seconds per 100,000 rows before). The
+    rows are the driver's values as for :func:`_copy_insert`; a JSON column's
+    ``psycopg.types.json.Json`` values are serialized once per object (an export row's
+    events share theirs) by the engine's serializer, as the text form does.
+    """
+    import psycopg  # only PostgreSQL installations get here
+
+    found = _binary_copy_sql(conn.dialect, table, tuple(columns), tuple(unique), action)
+    if found is None:
+        return (await _copy_insert(conn, table, columns, rows, unique, (), action))[1]
+    create, copy_sql, insert, clear, dumped, json_at = found
+    if json_at:
+        rows = _json_as_text(rows, json_at, getattr(conn.dialect, "_json_serializer", None))
+    raw = await conn.get_raw_connection()
+    driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+    statement = create
+    try:
+        async with driver.cursor() as cursor:
+            await cursor.execute(create)
+            statement = copy_sql
+            async with cursor.copy(copy_sql) as copy:
+                copy.set_types(list(dumped))
+                for row in rows:
+                    await copy.write_row(row)
+            statement = insert
+            await cursor.execute(insert)
+            count = cursor.rowcount
+            statement = clear
+            await cursor.execute(clear)
+    except psycopg.Error as exc:  # as SQLAlchemy would raise it: the store's errors apply
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+    return count
+
+
+def _json_as_text(
+    rows: Sequence[Sequence[Any]], json_at: tuple[int, ...], serializer: Any
+) -> list[Sequence[Any]]:
+    """``rows`` with their JSON columns' ``Json`` wrappers as text, each object once."""
+    dumps = serializer or json_text
+    texts: dict[int, tuple[Any, str]] = {}  # id(wrapper) -> (wrapper, text): kept alive
+    out: list[Sequence[Any]] = []
+    for row in rows:
+        row = list(row)
+        for i in json_at:
+            value = row[i]
+            if value is None or isinstance(value, str):
+                continue
+            hit = texts.get(id(value))
+            if hit is None:
+                obj = getattr(value, "obj", value)
+                hit = texts[id(value)] = (value, (getattr(value, "dumps", None) or dumps)(obj))
+            row[i] = hit[1]
+        out.append(row)
+    return out
