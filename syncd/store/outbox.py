@@ -20,10 +20,11 @@ from typing import Any, Literal
 from sqlalchemy import Integer, and_, bindparam, func, or_, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from syncd.store.dialect import insert_ignoring
+from syncd.store.dialect import in_list, insert_ignoring, list_param
 from syncd.store.engine import writing
 from syncd.store.errors import translated
 from syncd.store.models import Delivery, Identity, utcnow
+from syncd.store.pipeline import pipelined
 
 Status = Literal["pending", "sending", "sent", "dead", "waiting"]
 STATUSES: tuple[Status, ...] = ("pending", "sending", "sent", "dead", "waiting")
@@ -204,14 +205,15 @@ def _finishing(**values: Any) -> Any:
 
 
 @cache
-def _record_statements() -> dict[str, Any]:
-    """The outcome statements, built once (their construction cost more than their
-    execution): ``sent`` for a list of ids, the others per row."""
+def _record_statements(dialect: str) -> dict[str, Any]:
+    """The outcome statements, built once per dialect (their construction cost more than
+    their execution): ``sent`` for a list of ids bound as one parameter (the same
+    statement whatever the count, so PostgreSQL keeps it prepared), the others per row."""
     now = bindparam("b_now", type_=Delivery.finished_at.type)
     sent = (
         update(Delivery)
         .where(
-            Delivery.id.in_(bindparam("b_ids", expanding=True)),
+            in_list(dialect, Delivery.id, "b_ids"),
             Delivery.lease_owner == bindparam("b_owner"),
             Delivery.status == "sending",
         )
@@ -253,7 +255,6 @@ async def record(
     one commit (one fsync on SQLite) for both. Returns the rows claimed.
     """
     now = utcnow()
-    statements = _record_statements()
     sent: list[int] = []  # one statement, whatever the order
     others: dict[str, list[dict[str, Any]]] = {}
     for o in outcomes:
@@ -272,26 +273,31 @@ async def record(
     claimed: list[Claimed] = []
     async with translated(), writing(engine), engine.connect() as conn:
         conn = await conn.execution_options(write_lock=True)
+        dialect = conn.dialect.name
+        statements = _record_statements(dialect)
         async with conn.begin():
-            if sent:
-                await conn.execute(
-                    statements["sent"], {"b_ids": sent, "b_owner": owner, "b_now": now}
+            # nothing in this block reads a result: with BEGIN, one round trip (PostgreSQL)
+            async with pipelined(conn):
+                if sent:
+                    await conn.execute(
+                        statements["sent"],
+                        {"b_ids": list_param(dialect, sent), "b_owner": owner, "b_now": now},
+                    )
+                for status, params in others.items():
+                    await conn.execute(statements[status], params)
+                # in id order: concurrent batches (PostgreSQL) lock identities in one order
+                confirmed = sorted(
+                    (o.confirmed for o in outcomes if o.status == "sent" and o.confirmed),
+                    key=lambda c: c.identity_id,
                 )
-            for status, params in others.items():
-                await conn.execute(statements[status], params)
-            # in id order: concurrent batches (PostgreSQL) lock identities in one order
-            confirmed = sorted(
-                (o.confirmed for o in outcomes if o.status == "sent" and o.confirmed),
-                key=lambda c: c.identity_id,
-            )
-            if confirmed:
-                await conn.execute(
-                    statements["confirmed"],
-                    [
-                        {"b_id": c.identity_id, "b_tg": c.telegram_id, "b_client": c.client_id}
-                        for c in confirmed
-                    ],
-                )
+                if confirmed:
+                    await conn.execute(
+                        statements["confirmed"],
+                        [
+                            {"b_id": c.identity_id, "b_tg": c.telegram_id, "b_client": c.client_id}
+                            for c in confirmed
+                        ],
+                    )
             await enqueue(
                 conn, [d for o in outcomes if o.status == "sent" for d in o.follow_ups], now
             )
