@@ -438,13 +438,16 @@ async def test_backfill_runs_in_windows(
     anna = next(iter(gc.users.values()))
     for days in (27, 26, 15):  # two deals in the first window, one in the second
         gc.add_deal(anna, 100, created_at=clocks.local(days=days))
-    first = TODAY - timedelta(days=29)
+    # windows are the account's (Moscow) dates: from 21:00 UTC on, its deals of an hour
+    # ago are already tomorrow's by the UTC calendar
+    today = clocks.local().date()
+    first = today - timedelta(days=29)
     lines: list[str] = []
     done = await backfill(
         poller_for(),
         jobs(["deals"], [], SINCE),
         first,
-        TODAY,
+        today,
         window=timedelta(days=10),
         progress=lines.append,
     )
@@ -452,14 +455,14 @@ async def test_backfill_runs_in_windows(
     assert windows == [
         (first, first + timedelta(days=9)),
         (first + timedelta(days=10), first + timedelta(days=19)),
-        (first + timedelta(days=20), TODAY),
+        (first + timedelta(days=20), today),
     ]
     assert [(o.status, o.rows, o.events) for _, o in done] == [
         ("done", 2, 2), ("done", 1, 1), ("done", 3, 6)
     ]  # fmt: skip
     assert (
         lines[-1]
-        == f"[3/3] deals {first + timedelta(days=20)}..{TODAY}: 3 rows, 6 events, 0 bad rows"
+        == f"[3/3] deals {first + timedelta(days=20)}..{today}: 3 rows, 6 events, 0 bad rows"
     )
     stored = await listing(engine, None, 100)
     assert len(stored) == 9 and {e["source"] for e in stored} == {"backfill"}
