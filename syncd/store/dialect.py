@@ -182,11 +182,24 @@ async def _copy_insert(
     backfill's CPU. ``COPY`` sends the values in psycopg's C row format with no parsing,
     and the statements around it are short. Same transaction, same conflict rule.
     """
+    statements = _copy_sql(table.name, tuple(columns), tuple(unique), tuple(returning), action)
+    return await _through_staging(conn, statements, rows, bool(returning))
+
+
+async def _through_staging(
+    conn: AsyncConnection,
+    statements: tuple[str, str, str, str],
+    rows: Iterable[Sequence[Any]],
+    returning: bool,
+    types: Sequence[str] | None = None,
+) -> tuple[list[tuple[Any, ...]], int]:
+    """Run a staging table's (create, copy, insert, clear) on the driver: the rows go by
+    the ``COPY`` (in binary with ``types``); returns (rows back, rows inserted or
+    updated). A driver error is raised as SQLAlchemy raises it, so the store's error
+    translation applies."""
     import psycopg  # only PostgreSQL installations get here
 
-    create, copy_sql, insert, clear = _copy_sql(
-        table.name, tuple(columns), tuple(unique), tuple(returning), action
-    )
+    create, copy_sql, insert, clear = statements
     raw = await conn.get_raw_connection()
     driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
     statement = create
@@ -195,6 +208,8 @@ async def _copy_insert(
             await cursor.execute(create)
             statement = copy_sql
             async with cursor.copy(copy_sql) as copy:
+                if types is not None:
+                    copy.set_types(list(types))
                 for row in rows:
                     await copy.write_row(row)
             statement = insert
@@ -203,7 +218,7 @@ async def _copy_insert(
             count = cursor.rowcount
             statement = clear
             await cursor.execute(clear)
-    except psycopg.Error as exc:  # as SQLAlchemy would raise it: the store's errors apply
+    except psycopg.Error as exc:
         raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
     return found, count
 
@@ -393,33 +408,13 @@ async def copy_binary(
     ``psycopg.types.json.Json`` values are serialized once per object (an export row's
     events share theirs) by the engine's serializer, as the text form does.
     """
-    import psycopg  # only PostgreSQL installations get here
-
     found = _binary_copy_sql(conn.dialect, table, tuple(columns), tuple(unique), action)
     if found is None:
         return (await _copy_insert(conn, table, columns, rows, unique, (), action))[1]
     create, copy_sql, insert, clear, dumped, json_at = found
     if json_at:
         rows = _json_as_text(rows, json_at, getattr(conn.dialect, "_json_serializer", None))
-    raw = await conn.get_raw_connection()
-    driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
-    statement = create
-    try:
-        async with driver.cursor() as cursor:
-            await cursor.execute(create)
-            statement = copy_sql
-            async with cursor.copy(copy_sql) as copy:
-                copy.set_types(list(dumped))
-                for row in rows:
-                    await copy.write_row(row)
-            statement = insert
-            await cursor.execute(insert)
-            count = cursor.rowcount
-            statement = clear
-            await cursor.execute(clear)
-    except psycopg.Error as exc:  # as SQLAlchemy would raise it: the store's errors apply
-        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
-    return count
+    return (await _through_staging(conn, (create, copy_sql, insert, clear), rows, False, dumped))[1]
 
 
 def _json_as_text(
