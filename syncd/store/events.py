@@ -37,7 +37,7 @@ from syncd.store.errors import translated
 from syncd.store.links import identity_transaction, load_people, people_where
 from syncd.store.models import Delivery, Event, Identity, IdentityChange, utcnow
 from syncd.store.outbox import NewDelivery, enqueue
-from syncd.store.pipeline import pipelined
+from syncd.store.pipeline import defer, pipelined
 
 #: Told of the rules that made no call, once per committed batch.
 OnSkips = Callable[[list[Skip]], None]
@@ -513,10 +513,12 @@ class EventStore:
     async def after_link(self, conn: AsyncConnection, people: list[Person], now: datetime) -> int:
         """In a link's transaction: give the people's bot events their identity, and
         deliver their waiting events that are still news (SPEC §10, §11)."""
-        async with pipelined(conn):  # its two updates: one round trip on PostgreSQL
-            await _attach_bot_events(conn, people, self.addressing.project_id)
-        if not self.addressing.rules:
+        project_id = self.addressing.project_id
+        if not self.addressing.rules:  # nothing reads after it: it goes with the COMMIT
+            defer(conn, lambda: _attach_bot_events(conn, people, project_id))
             return 0
+        async with pipelined(conn):  # its two updates: one round trip on PostgreSQL
+            await _attach_bot_events(conn, people, project_id)
         by_id = {p.id: p for p in people}
         rows = (
             await conn.execute(

@@ -40,7 +40,7 @@ from syncd.store.errors import translated
 from syncd.store.linkplan import Effects, LinkRequest, Plan, no_effects
 from syncd.store.models import Identity, IdentityChange, LinkConflict, SalebotClient, utcnow
 from syncd.store.outbox import enqueue
-from syncd.store.pipeline import pipelined
+from syncd.store.pipeline import defer, deferring, pipelined
 from syncd.store.rows import insert_values
 
 __all__ = ["Effects", "LinkRequest", "LinkResult", "LinkStore", "no_effects"]
@@ -71,7 +71,9 @@ async def identity_transaction(
 ) -> AsyncIterator[AsyncConnection]:
     """A transaction that may create or change identities: it holds the write lock from
     its first read (``BEGIN IMMEDIATE`` on SQLite; an advisory lock on PostgreSQL, so
-    several daemons take turns). Outages become :class:`StoreUnavailable`.
+    several daemons take turns). Outages become :class:`StoreUnavailable`. Writes given
+    to :func:`~syncd.store.pipeline.defer` go with the commit (one round trip on
+    PostgreSQL).
 
     ``lookups``: every statement of the transaction finds its rows by key (a webhook's
     batch). On PostgreSQL the planner is then held to index searches and nested loops
@@ -79,7 +81,7 @@ async def identity_transaction(
     """
     async with translated(), writing(engine), engine.connect() as conn:
         conn = await conn.execution_options(write_lock=True)
-        async with conn.begin():
+        async with conn.begin() as transaction, deferring(conn, transaction):
             if conn.dialect.name == "postgresql":
                 async with pipelined(conn):  # BEGIN and the lock: one round trip
                     await conn.execute(_LOCK_FOR_LOOKUPS if lookups else _LOCK, _LOCK_KEY)
@@ -177,37 +179,28 @@ async def _write(
         for person in created:
             assert person.id is not None
             ids[person.id] = by_email[person.email]
-    # nothing in this block reads a result: on PostgreSQL, one round trip for all of it
-    async with pipelined(conn):
-        if updated:
-            await conn.execute(
-                update(Identity)
-                .where(Identity.id == bindparam("b_id"))
-                .values(telegram_id=bindparam("b_telegram"), updated_at=now),
-                [{"b_id": final.id, "b_telegram": final.telegram_id} for _, final in updated],
-            )
-        await insert_values(
-            conn,
-            CLIENTS,
-            ("project_id", "client_id", "identity_id", "created_at"),
-            [(p, c, ids[i], now) for p, c, i in plan.clients_added()],
+    # nothing reads these back in the transaction: they go with its COMMIT (on PostgreSQL
+    # in one round trip, with the bot-event attach when nothing reads after it either)
+    if updated:
+        telegrams = [
+            {"b_id": final.id, "b_telegram": final.telegram_id, "b_now": now}
+            for _, final in updated
+        ]
+        defer(conn, lambda: conn.execute(_SET_TELEGRAM, telegrams))
+    clients = [(p, c, ids[i], now) for p, c, i in plan.clients_added()]
+    defer(conn, lambda: insert_values(conn, CLIENTS, _CLIENT_COLUMNS, clients))
+    changes = [
+        (
+            ids[change.identity_id],
+            change.source,
+            change.before.keys() if change.before is not None else None,
+            replace(change.after, id=ids[change.identity_id]).keys(),
+            change.reason,
+            now,
         )
-        await insert_values(
-            conn,
-            CHANGES,
-            ("identity_id", "source", "before", "after", "reason", "changed_at"),
-            [
-                (
-                    ids[change.identity_id],
-                    change.source,
-                    change.before.keys() if change.before is not None else None,
-                    replace(change.after, id=ids[change.identity_id]).keys(),
-                    change.reason,
-                    now,
-                )
-                for change in plan.changes
-            ],
-        )
+        for change in plan.changes
+    ]
+    defer(conn, lambda: insert_values(conn, CHANGES, _CHANGE_COLUMNS, changes))
     deliveries = [
         replace(d, identity_id=ids.get(d.identity_id, d.identity_id))
         if d.identity_id is not None
@@ -224,6 +217,15 @@ async def _write(
             assert target is not None
             results.append(LinkResult(decision.status, ids[target], detail=decision.reason))
     return results, ids
+
+
+_SET_TELEGRAM = (
+    update(Identity)
+    .where(Identity.id == bindparam("b_id"))
+    .values(telegram_id=bindparam("b_telegram"), updated_at=bindparam("b_now"))
+)
+_CLIENT_COLUMNS = ("project_id", "client_id", "identity_id", "created_at")
+_CHANGE_COLUMNS = ("identity_id", "source", "before", "after", "reason", "changed_at")
 
 
 async def _record_conflict(

@@ -16,12 +16,16 @@ in-process; there is no round trip to save).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
+
+#: A write whose result nobody reads, queued by :func:`defer`.
+Write = Callable[[], Awaitable[object]]
+_DEFERRED = "syncd.deferred_writes"
 
 
 @asynccontextmanager
@@ -39,3 +43,37 @@ async def pipelined(conn: AsyncConnection) -> AsyncIterator[None]:
             yield
     except psycopg.Error as exc:
         raise DBAPIError.instance("(pipelined statements)", None, exc, psycopg.Error) from exc
+
+
+@asynccontextmanager
+async def deferring(conn: AsyncConnection, transaction: AsyncTransaction) -> AsyncIterator[None]:
+    """Around a transaction's body: the writes given to :func:`defer` run at its end, and on
+    PostgreSQL go in one round trip with the ``COMMIT`` (the commit happens here then;
+    the transaction's own block finds it done). On SQLite they run in order before the
+    block commits. Nothing runs if the body raises: the transaction rolls back.
+    """
+    writes: list[Write] = []
+    conn.info[_DEFERRED] = writes
+    try:
+        yield
+        del conn.info[_DEFERRED]  # a write deferring another: an error, not a lost write
+        if conn.dialect.name != "postgresql" or not writes:
+            for write in writes:
+                await write()
+            return
+        async with pipelined(conn):
+            for write in writes:
+                await write()
+            await transaction.commit()  # psycopg sends COMMIT and syncs: one round trip
+    finally:
+        conn.info.pop(_DEFERRED, None)
+
+
+def defer(conn: AsyncConnection, write: Write) -> None:
+    """Run ``write`` at the end of the :func:`deferring` transaction ``conn`` is in, just
+    before its commit. Only for writes whose results nobody reads and that nothing later
+    in the transaction reads back (see the module on pipelines)."""
+    writes = conn.info.get(_DEFERRED)
+    if writes is None:
+        raise RuntimeError("defer() outside a deferring transaction: the write would be lost")
+    writes.append(write)
