@@ -188,7 +188,8 @@ async def _write(
         ]
         defer(conn, lambda: conn.execute(_SET_TELEGRAM, telegrams))
     clients = [(p, c, ids[i], now) for p, c, i in plan.clients_added()]
-    defer(conn, lambda: insert_values(conn, CLIENTS, _CLIENT_COLUMNS, clients))
+    if clients:
+        defer(conn, lambda: insert_values(conn, CLIENTS, _CLIENT_COLUMNS, clients))
     changes = [
         (
             ids[change.identity_id],
@@ -200,7 +201,8 @@ async def _write(
         )
         for change in plan.changes
     ]
-    defer(conn, lambda: insert_values(conn, CHANGES, _CHANGE_COLUMNS, changes))
+    if changes:
+        defer(conn, lambda: insert_values(conn, CHANGES, _CHANGE_COLUMNS, changes))
     deliveries = [
         replace(d, identity_id=ids.get(d.identity_id, d.identity_id))
         if d.identity_id is not None
