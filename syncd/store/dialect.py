@@ -362,8 +362,8 @@ _BINARY = {
 def _binary_copy_sql(
     dialect: Dialect, table: Table, columns: tuple[str, ...], unique: tuple[str, ...],
     action: str,
-) -> tuple[str, str, str, str, tuple[str, ...], tuple[int, ...]] | None:  # fmt: skip
-    """:func:`_copy_sql` for a binary ``COPY``, plus the dump types and the positions of
+) -> tuple[tuple[str, str, str, str], tuple[str, ...], tuple[int, ...]] | None:  # fmt: skip
+    """:func:`_copy_sql` for a binary ``COPY``, with the dump types and the positions of
     the JSON columns; None when a column's type has no binary way here."""
     types = _array_types(dialect, table, columns)
     staged, dumped, selected = [], [], []
@@ -386,7 +386,7 @@ def _binary_copy_sql(
     )
     clear = f"DELETE FROM {staging}"  # noqa: S608
     json_at = tuple(i for i, type_ in enumerate(types) if type_ == "JSON")
-    return create, copy, insert, clear, tuple(dumped), json_at
+    return (create, copy, insert, clear), tuple(dumped), json_at
 
 
 async def copy_binary(
@@ -411,10 +411,10 @@ async def copy_binary(
     found = _binary_copy_sql(conn.dialect, table, tuple(columns), tuple(unique), action)
     if found is None:
         return (await _copy_insert(conn, table, columns, rows, unique, (), action))[1]
-    create, copy_sql, insert, clear, dumped, json_at = found
+    statements, dumped, json_at = found
     if json_at:
         rows = _json_as_text(rows, json_at, getattr(conn.dialect, "_json_serializer", None))
-    return (await _through_staging(conn, (create, copy_sql, insert, clear), rows, False, dumped))[1]
+    return (await _through_staging(conn, statements, rows, False, dumped))[1]
 
 
 def _json_as_text(
