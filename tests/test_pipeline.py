@@ -9,6 +9,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from syncd.store.engine import create_engine
 from syncd.store.links import identity_transaction
 from syncd.store.models import Identity, utcnow
 from syncd.store.pipeline import defer, pipelined
@@ -82,18 +83,31 @@ SET_TG = text("UPDATE identities SET telegram_id = :tg")
 
 
 async def test_a_failing_deferred_write_rolls_the_whole_transaction_back(
-    engine: AsyncEngine,
+    engine: AsyncEngine, db_url: str
 ) -> None:
+    # One pooled connection, so what follows gets the very connection that failed. On
+    # PostgreSQL the failed write made the server skip the COMMIT queued after it; that
+    # connection used to go back to the pool inside the aborted transaction, and the next
+    # request on it failed with InFailedSqlTransaction.
+    single = create_engine(db_url, pool_size=1, max_overflow=0)
     now = utcnow()
     row = {"email": "d@school.ru", "telegram_id": 7, "now": now}
-    with pytest.raises(IntegrityError):
-        async with identity_transaction(engine, lookups=True) as conn:
-            await conn.execute(INSERT, row)
-            defer(conn, lambda: conn.execute(INSERT, {**row, "telegram_id": 8}))  # same email
-            defer(conn, lambda: conn.execute(text("UPDATE identities SET gc_user_id = 5")))
-    assert await _emails(engine) == {}
-    async with identity_transaction(engine, lookups=True) as conn:  # the connection is fine
-        defer(conn, lambda: conn.execute(INSERT, row))
+    try:
+        with pytest.raises(IntegrityError):
+            async with identity_transaction(single, lookups=True) as conn:
+                await conn.execute(INSERT, row)
+                if conn.dialect.name == "postgresql":
+                    # the server cannot answer the failing write before this ends, so the
+                    # error comes back with the COMMIT, never earlier (the case that broke)
+                    defer(conn, lambda: conn.execute(text("SELECT pg_sleep(0.2)")))
+                defer(conn, lambda: conn.execute(INSERT, {**row, "telegram_id": 8}))  # same email
+                defer(conn, lambda: conn.execute(text("UPDATE identities SET gc_user_id = 5")))
+        assert await _emails(single) == {}
+        async with identity_transaction(single, lookups=True) as conn:  # the connection is fine
+            defer(conn, lambda: conn.execute(INSERT, row))
+        assert await _emails(single) == {"d@school.ru": 7}
+    finally:
+        await single.dispose()
     assert await _emails(engine) == {"d@school.ru": 7}
 
 

@@ -61,12 +61,34 @@ async def deferring(conn: AsyncConnection, transaction: AsyncTransaction) -> Asy
             for write in writes:
                 await write()
             return
-        async with pipelined(conn):
-            for write in writes:
-                await write()
-            await transaction.commit()  # psycopg sends COMMIT and syncs: one round trip
+        try:
+            async with pipelined(conn):
+                for write in writes:
+                    await write()
+                await transaction.commit()  # psycopg sends COMMIT and syncs: one round trip
+        except BaseException:
+            await _roll_back(conn)
+            raise
     finally:
         conn.info.pop(_DEFERRED, None)
+
+
+async def _roll_back(conn: AsyncConnection) -> None:
+    """End the server's transaction after a pipelined commit failed.
+
+    A write that fails in the pipeline makes the server skip the ``COMMIT`` queued after
+    it: the transaction stays open and aborted. SQLAlchemy counts a failed commit as the
+    end of the transaction, so neither the transaction's block nor the pool's reset would
+    roll it back, and the next checkout got a connection that refuses every statement
+    (``InFailedSqlTransaction``). psycopg's ``rollback`` sends ``ROLLBACK`` only while
+    the server reports a transaction, so this is a no-op after a commit that did end it.
+    """
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    try:
+        await driver.rollback()  # type: ignore[union-attr]
+    except Exception:
+        return
 
 
 def defer(conn: AsyncConnection, write: Write) -> None:
