@@ -116,7 +116,11 @@ class Load:
     """A client posting links one after another until stopped; it records every answer.
 
     A connection refused (the port is closed during the restart: nothing was received)
-    is tried again; any HTTP answer is final.
+    is tried again; so is one reset before any answer: the kernel completes a handshake
+    on the listening socket and queues it, and when the old process closes that socket
+    during its shutdown, the queued connection — never accepted, its request never read —
+    is reset. A link is idempotent, and that is what a caller retrying would see. Any HTTP
+    answer is final.
     """
 
     def __init__(self, base_url: str) -> None:
@@ -143,7 +147,7 @@ class Load:
                             data={"email": f"p{n}@school.ru", "telegram_id": str(n)},
                         )
                         break
-                    except httpx.ConnectError:
+                    except (httpx.ConnectError, httpx.ReadError):
                         self.reconnects += 1
                         time.sleep(0.01)
                 self.statuses.append((token, answer.status_code))

@@ -665,8 +665,9 @@ async def _attach_bot_events(conn: AsyncConnection, people: list[Person], projec
     Plain statements on the driver: this runs in every link batch, and SQLAlchemy's
     per-row parameter processing cost more than the database's work of finding no row
     in the partial indexes of unlinked events. SQLite gets one parameter set per key (one
-    hop to its thread); PostgreSQL one statement with the keys as arrays (psycopg's
-    ``executemany`` sends each set as its own execution).
+    hop to its thread). PostgreSQL gets the Telegram ids as one array (a list on the
+    index's only column is a search), and one execution per Salebot client, all sent in
+    one round trip (see ``_ATTACH_BY_CLIENT_PG``).
     """
     by_tg = [
         (p.id, p.telegram_id) for p in people if p.id is not None and p.telegram_id is not None
@@ -681,9 +682,8 @@ async def _attach_bot_events(conn: AsyncConnection, people: list[Person], projec
         if by_tg:
             ids, tgs = map(list, zip(*by_tg, strict=True))
             await conn.exec_driver_sql(_ATTACH_BY_TG_PG, (ids, tgs, tgs))
-        if by_client:
-            ids, projects, clients = map(list, zip(*by_client, strict=True))
-            await conn.exec_driver_sql(_ATTACH_BY_CLIENT_PG, (ids, projects, clients, clients))
+        if by_client:  # one execution per key, sent together (see _ATTACH_BY_CLIENT)
+            await conn.exec_driver_sql(_ATTACH_BY_CLIENT_PG, by_client)
         return
     if by_tg:
         await conn.exec_driver_sql(_ATTACH_BY_TG, by_tg)
@@ -704,11 +704,16 @@ _ATTACH_BY_TG_PG = (
     "WHERE events.identity_id IS NULL AND events.telegram_id = k.tg "
     "AND events.telegram_id = ANY(%b::bigint[])"
 )
+# Per key, not as arrays: the index of unlinked clients is (project_id, client_id), and
+# a list of clients on its second column (``client_id = ANY(…)``, or a join with the
+# keys) always has a second plan, a walk through the whole index filtering each entry;
+# the plan PostgreSQL kept for the statement picked it whenever it was built while the
+# table was small (day one, or before autovacuum's ANALYZE), and kept it as the table
+# grew. Both columns equal to a value leave it one plan: a search. psycopg sends the
+# executions of an ``executemany`` in one round trip.
 _ATTACH_BY_CLIENT_PG = (
-    "UPDATE events SET identity_id = k.id "
-    "FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[]) AS k(id, project, client) "
-    "WHERE events.identity_id IS NULL AND events.project_id = k.project "
-    "AND events.client_id = k.client AND events.client_id = ANY(%b::bigint[])"
+    "UPDATE events SET identity_id = %s WHERE identity_id IS NULL AND project_id = %s "
+    "AND client_id = %s"
 )
 
 

@@ -20,17 +20,21 @@ from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     Result,
     Select,
     Table,
     bindparam,
     delete,
+    func,
     insert,
     select,
     text,
     union_all,
     update,
 )
+from sqlalchemy import cast as cast_
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncd.identity import Decision, LinkClaim, OnConflict, Person
@@ -309,12 +313,17 @@ async def load_people(
     for name, values in (("emails", wanted_emails), ("telegrams", telegrams), ("gc_ids", gc_ids)):
         if values:
             params[name] = list_param(dialect, values)
-    for k, (project_id, client_ids) in enumerate(by_project.items()):
-        params[f"project_{k}"] = project_id
-        params[f"clients_{k}"] = list_param(dialect, client_ids)
-    query = _people_query(
-        dialect, bool(wanted_emails), bool(telegrams), bool(gc_ids), len(by_project)
-    )
+    if dialect == "postgresql" and by_project:  # one arm: the pairs as two arrays
+        keys = [(project, client) for project, ids in by_project.items() for client in ids]
+        params["client_projects"] = [project for project, _ in keys]
+        params["client_ids"] = [client for _, client in keys]
+        projects = 1
+    else:
+        for k, (project_id, client_ids) in enumerate(by_project.items()):
+            params[f"project_{k}"] = project_id
+            params[f"clients_{k}"] = list_param(dialect, client_ids)
+        projects = len(by_project)
+    query = _people_query(dialect, bool(wanted_emails), bool(telegrams), bool(gc_ids), projects)
     return _people(await conn.execute(query, params))
 
 
@@ -338,6 +347,9 @@ def _people_query(
     ):
         if wanted:
             arms.append(select(Identity.id).where(in_list(dialect, column, name)))
+    if dialect == "postgresql" and projects:
+        arms.append(_CLIENTS_PG)
+        projects = 0
     for k in range(projects):
         arms.append(
             select(SalebotClient.identity_id).where(
@@ -347,6 +359,29 @@ def _people_query(
         )
     return _PEOPLE.where(Identity.id.in_(union_all(*arms) if len(arms) > 1 else arms[0]))
 
+
+#: The client arm on PostgreSQL: each (project, client) pair one index search. Written
+#: as ``project_id = :p AND client_id = ANY(:clients)``, the plan PostgreSQL kept for it
+#: (built while the table was small: day one, or a minute before autovacuum's ANALYZE)
+#: searched the primary key by project alone and filtered every client of the project —
+#: a read that grew with the school until the next ANALYZE, and the slow half of
+#: PostgreSQL's ingest runs (docs/performance.md). An ``= ANY`` on the key's second
+#: column always has that alternative; a join on both columns has none, since the link
+#: transaction rules out hash and merge joins (``_LOCK_FOR_LOOKUPS``).
+_CLIENT_KEYS = (
+    func.unnest(
+        cast_(bindparam("client_projects"), ARRAY(BigInteger)),
+        cast_(bindparam("client_ids"), ARRAY(BigInteger)),
+    )
+    .table_valued("project", "client")
+    .render_derived(name="k")
+)
+_CLIENTS_PG = select(SalebotClient.identity_id).join_from(
+    _CLIENT_KEYS,
+    SalebotClient,
+    (SalebotClient.project_id == _CLIENT_KEYS.c.project)
+    & (SalebotClient.client_id == _CLIENT_KEYS.c.client),
+)
 
 _PEOPLE = select(
     Identity.id,
