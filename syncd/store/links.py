@@ -20,6 +20,7 @@ from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Result,
     Select,
@@ -34,7 +35,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as cast_
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncd.identity import Decision, LinkClaim, OnConflict, Person
