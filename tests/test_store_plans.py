@@ -139,7 +139,7 @@ async def _batch_statements(
     for start in range(first, PEOPLE, 500):
         await store.apply(_claims(start, min(500, PEOPLE - start)))
     for start in range(first, PEOPLE, 500):
-        await events.ingest(bot[start : min(start + 500, PEOPLE)])
+        await events.ingest(bot[start : start + 500])
     if analyze:
         async with engine.begin() as conn:
             await conn.execute(text("ANALYZE"))

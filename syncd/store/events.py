@@ -678,17 +678,15 @@ async def _attach_bot_events(conn: AsyncConnection, people: list[Person], projec
         if p.id is not None
         for project, client in p.clients.items()
     ]
-    if conn.dialect.name == "postgresql":  # one statement each, the keys as arrays
-        if by_tg:
-            ids, tgs = map(list, zip(*by_tg, strict=True))
-            await conn.exec_driver_sql(_ATTACH_BY_TG_PG, (ids, tgs, tgs))
-        if by_client:  # one execution per key, sent together (see _ATTACH_BY_CLIENT)
-            await conn.exec_driver_sql(_ATTACH_BY_CLIENT_PG, by_client)
-        return
-    if by_tg:
+    postgresql = conn.dialect.name == "postgresql"
+    if by_tg and postgresql:  # one statement, the keys as arrays
+        ids, tgs = map(list, zip(*by_tg, strict=True))
+        await conn.exec_driver_sql(_ATTACH_BY_TG_PG, (ids, tgs, tgs))
+    elif by_tg:
         await conn.exec_driver_sql(_ATTACH_BY_TG, by_tg)
-    if by_client:
-        await conn.exec_driver_sql(_ATTACH_BY_CLIENT, by_client)
+    if by_client:  # one execution per key on both (see _ATTACH_BY_CLIENT_PG)
+        statement = _ATTACH_BY_CLIENT_PG if postgresql else _ATTACH_BY_CLIENT
+        await conn.exec_driver_sql(statement, by_client)
 
 
 _ATTACH_BY_TG = "UPDATE events SET identity_id = ? WHERE identity_id IS NULL AND telegram_id = ?"

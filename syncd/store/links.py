@@ -347,16 +347,17 @@ def _people_query(
     ):
         if wanted:
             arms.append(select(Identity.id).where(in_list(dialect, column, name)))
-    if dialect == "postgresql" and projects:
-        arms.append(_CLIENTS_PG)
-        projects = 0
-    for k in range(projects):
-        arms.append(
-            select(SalebotClient.identity_id).where(
-                SalebotClient.project_id == bindparam(f"project_{k}"),
-                in_list(dialect, SalebotClient.client_id, f"clients_{k}"),
+    if dialect == "postgresql":
+        if projects:  # every project's pairs in one arm
+            arms.append(_CLIENTS_PG)
+    else:
+        for k in range(projects):
+            arms.append(
+                select(SalebotClient.identity_id).where(
+                    SalebotClient.project_id == bindparam(f"project_{k}"),
+                    in_list(dialect, SalebotClient.client_id, f"clients_{k}"),
+                )
             )
-        )
     return _PEOPLE.where(Identity.id.in_(union_all(*arms) if len(arms) > 1 else arms[0]))
 
 

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
+
+if TYPE_CHECKING:
+    import psycopg
 
 #: A write whose result nobody reads, queued by :func:`defer`.
 Write = Callable[[], Awaitable[object]]
@@ -36,8 +39,7 @@ async def pipelined(conn: AsyncConnection) -> AsyncIterator[None]:
         return
     import psycopg  # only PostgreSQL installations get here
 
-    raw = await conn.get_raw_connection()
-    driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+    driver = await _driver(conn)
     try:
         async with driver.pipeline():
             yield
@@ -83,12 +85,19 @@ async def _roll_back(conn: AsyncConnection) -> None:
     (``InFailedSqlTransaction``). psycopg's ``rollback`` sends ``ROLLBACK`` only while
     the server reports a transaction, so this is a no-op after a commit that did end it.
     """
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
+    import psycopg  # only PostgreSQL installations get here
+
+    driver = await _driver(conn)
     try:
-        await driver.rollback()  # type: ignore[union-attr]
-    except Exception:
+        await driver.rollback()
+    except psycopg.Error:  # a lost connection: SQLAlchemy has invalidated it already
         return
+
+
+async def _driver(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection under ``conn`` (PostgreSQL only)."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection  # type: ignore[return-value]
 
 
 def defer(conn: AsyncConnection, write: Write) -> None:
