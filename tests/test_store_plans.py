@@ -227,3 +227,25 @@ async def test_a_link_batch_reuses_its_plans_on_postgresql(pg_url: str) -> None:
             assert [tuple(row) for row in plans] == [(5, 0)]
     finally:
         await engine.dispose()
+
+
+async def test_a_batch_transaction_compiles_no_statement_just_in_time(pg_url: str) -> None:
+    """A batch's transaction disables sequential scans, so a statement that can only scan
+    (the ``INSERT … SELECT`` from a staging table of an event batch or a deals merge) is
+    costed at 10^10 and went over ``jit_above_cost``: PostgreSQL compiled it with LLVM in
+    every batch, ~70 ms for a statement of ~1 ms. GetCourse events at 1,000 a second
+    then waited seconds each (docs/performance.md, 2026-12-07)."""
+    engine = create_engine(pg_url)
+    scan = "EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM events WHERE notes LIKE '%%x'"
+    try:
+        async with engine.begin() as conn:  # the premise: that knob alone makes it compile
+            if not await conn.scalar(text("SELECT pg_jit_available()")):
+                pytest.skip("this PostgreSQL has no JIT to compile with")
+            await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            plan = (await conn.exec_driver_sql(scan)).scalar_one()[0]
+            assert plan.get("JIT", {}).get("Functions", 0) > 0, plan
+        async with identity_transaction(engine, lookups=True) as conn:
+            plan = (await conn.exec_driver_sql(scan)).scalar_one()[0]
+        assert "JIT" not in plan, plan["JIT"]
+    finally:
+        await engine.dispose()

@@ -112,10 +112,17 @@ _LOCK = text("SELECT pg_advisory_xact_lock(:k)")
 #: only ever built here — the session default never builds one — so it is built under
 #: the index-only knobs above, and PostgreSQL rebuilds it, here again, after an ANALYZE
 #: or a migration changes a table; ``tests/test_store_plans.py`` checks those plans too.
+#:
+#: A disabled node still runs where it is the only way (a staging table, a ``VALUES``
+#: list), at a cost of 10^10, far above ``jit_above_cost``: PostgreSQL then compiled such
+#: a statement with LLVM at every batch, inlined and optimized, ~70 ms each for an
+#: ``INSERT … SELECT`` of a hundred rows that runs in ~1 ms (GetCourse events at 1,000 a
+#: second waited seconds for it). So the transaction also turns JIT off: its statements
+#: touch a few rows each by design.
 _LOCK_FOR_LOOKUPS = text(
     "SELECT pg_advisory_xact_lock(:k), set_config('enable_seqscan', 'off', true), "
     "set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), "
-    "set_config('plan_cache_mode', 'force_generic_plan', true)"
+    "set_config('plan_cache_mode', 'force_generic_plan', true), set_config('jit', 'off', true)"
 )
 
 
