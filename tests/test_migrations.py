@@ -21,9 +21,17 @@ from syncd.store.models import Base
 BOTH = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
+#: Foreign keys of the models that PostgreSQL keeps by statement triggers instead
+#: (migration 0008; their guarantee: tests/test_identity_references.py).
+BY_TRIGGERS = {"fk_events_identity_id_identities", "fk_analytics_deals_identity_id_identities"}
+
+
 def _diff(connection: Connection) -> list[object]:
     context = MigrationContext.configure(connection, opts={"compare_type": True})
-    return list(compare_metadata(context, Base.metadata))
+    found = list(compare_metadata(context, Base.metadata))
+    if connection.dialect.name == "postgresql":
+        found = [d for d in found if not (d[0] == "add_fk" and d[1].name in BY_TRIGGERS)]
+    return found
 
 
 def _tables(connection: Connection) -> set[str]:

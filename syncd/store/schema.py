@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from syncd.errors import SchemaNotReady
 
-HEAD = "0007"
+HEAD = "0008"
 
 
 async def current(engine: AsyncEngine) -> frozenset[str]:
