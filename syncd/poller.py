@@ -98,6 +98,16 @@ def jobs(names: Sequence[str], groups: Sequence[int], since: date) -> list[Job]:
     return found
 
 
+#: While a chunk is being written, the reader gives the event loop a turn every this
+#: many export rows. The rows of a read arrive many at a time and parsing them never
+#: waits, so without a turn the write got each database answer only when the reader
+#: next waited for the network (every ~64 KiB) or for the write itself: the write's
+#: statements and the parsing ran one after the other, not side by side. A 300,000-row
+#: PostgreSQL backfill: 16,237-16,876 -> 18,171-18,764 rows/s, SQLite unchanged
+#: (docs/performance.md, 2026-12-07 evening); a turn costs a few µs, a row's parsing ~10.
+YIELD_EVERY = 32
+
+
 class Poller:
     def __init__(
         self,
@@ -263,11 +273,14 @@ class Poller:
                             "poller: row {} skipped: {}", rows, why
                         )
                     continue
+                if writing is not None and rows % YIELD_EVERY == 0 and not writing.done():
+                    await asyncio.sleep(0)  # the write's next statement, if its answer is in
                 if len(batch) >= self.chunk:
                     if writing is not None:
                         events += await writing
                     writing = asyncio.create_task(self._ingest(batch))
                     batch = []
+                    await asyncio.sleep(0)  # let it send its first statement now
         except BaseException:
             if writing is not None:  # reading failed: do not leave the write behind
                 writing.cancel()

@@ -8,6 +8,7 @@ run again to what one clean run stores.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
@@ -198,3 +199,50 @@ def test_odd_events_cover_both_copy_paths() -> None:
     assert {e.data["title"] for e in events} == set(ODD)
     assert any(e.occurred_at is None for e in events)
     assert all(e.occurred_at is None or e.occurred_at.tzinfo is not UTC for e in events)
+
+
+async def test_a_chunk_is_written_while_the_next_one_is_read(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader gives a write in flight the event loop every few rows, so the write's
+    statements run beside the parsing. Rows of one read arrive hundreds at a time and
+    parsing them never waits: without those turns, each statement's answer waited for
+    the reader's next network read, and the write finished only when the reader, its
+    next chunk full, waited for it (docs/performance.md, 2026-12-07 evening)."""
+    import syncd.poller as poller_module
+
+    parsed = 0
+    parse = poller_module.from_export_row
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal parsed
+        parsed += 1
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(poller_module, "from_export_row", counted)
+    writes: list[tuple[int, int]] = []  # (rows parsed when a write began, when it ended)
+
+    async def ingest(batch: list[NewEvent]) -> None:
+        began = parsed
+        for _ in range(4):  # four statements, each a turn of the event loop
+            await asyncio.sleep(0)
+        writes.append((began, parsed))
+
+    state = getcourse.GetCourseState(
+        key="k", deal_rows=GeneratedDeals(3000, start=START, step_seconds=60, users=7),
+        ready_after_polls=0,
+    )  # fmt: skip
+
+    async def no_wait(_: float) -> None:
+        return None
+
+    async with serve(getcourse.create_app(state)) as url, httpx.AsyncClient(timeout=10) as http:
+        poller = Poller(engine, http, url, "k", ingest, sleep=no_wait, chunk=1000)
+        await backfill(
+            poller, jobs(["deals"], [], date(2024, 1, 1)), date(2024, 1, 1), date(2024, 1, 3),
+            window=timedelta(days=3),
+        )  # fmt: skip
+    assert parsed == 3000 and len(writes) >= 4
+    per_chunk = parsed // len(writes)
+    for began, ended in writes[:-1]:  # the last one has nothing left to read beside it
+        assert ended - began < per_chunk // 2, writes
