@@ -42,8 +42,18 @@ REFERRING = {
     "analytics_deals": "fk_analytics_deals_identity_id_identities",
 }
 
-_CHECK = """
-CREATE FUNCTION syncd_identity_refs_check() RETURNS trigger LANGUAGE plpgsql AS $fn$
+
+def _function(name: str, body: str) -> str:
+    """``CREATE FUNCTION syncd_identity_refs_{name}()``, a PL/pgSQL trigger function."""
+    return (
+        f"CREATE FUNCTION syncd_identity_refs_{name}() RETURNS trigger LANGUAGE plpgsql"
+        f" AS $fn$\n{body.strip()}\n$fn$"
+    )
+
+
+_CHECK = _function(
+    "check",
+    """
 DECLARE
     wanted bigint;
     locked bigint;
@@ -69,11 +79,12 @@ BEGIN
     END IF;
     RETURN NULL;
 END
-$fn$
-"""
+""",
+)
 
-_FORGET = """
-CREATE FUNCTION syncd_identity_refs_forget() RETURNS trigger LANGUAGE plpgsql AS $fn$
+_FORGET = _function(
+    "forget",
+    """
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         UPDATE events SET identity_id = NULL WHERE identity_id IS NOT NULL;
@@ -85,11 +96,12 @@ BEGIN
     END IF;
     RETURN NULL;
 END
-$fn$
-"""
+""",
+)
 
-_KEEP_ID = """
-CREATE FUNCTION syncd_identity_refs_keep_id() RETURNS trigger LANGUAGE plpgsql AS $fn$
+_KEEP_ID = _function(
+    "keep_id",
+    """
 BEGIN
     IF EXISTS (SELECT 1 FROM events WHERE identity_id = OLD.id)
        OR EXISTS (SELECT 1 FROM analytics_deals WHERE identity_id = OLD.id) THEN
@@ -99,8 +111,8 @@ BEGIN
     END IF;
     RETURN NEW;
 END
-$fn$
-"""
+""",
+)
 
 
 def upgrade() -> None:
