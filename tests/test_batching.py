@@ -95,3 +95,67 @@ async def test_two_batches_in_flight_each_answer_their_own_and_stop_waits_for_bo
 def test_concurrency_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(Recorder().apply, concurrency=0)
+
+
+async def _steady_load(batcher: Batcher[str, str], rounds: int) -> None:
+    """Eight callers, each sending again as soon as answered, the first of each round a
+    little ahead of the others (as one client's answer lands first)."""
+
+    async def caller(name: str, ahead: bool) -> None:
+        for round_ in range(rounds):
+            if not ahead:
+                await asyncio.sleep(0.002)
+            assert await batcher.submit(f"{name}{round_}") == f"{name}{round_}".upper()
+
+    await asyncio.gather(*(caller(f"c{i}-", ahead=i == 0) for i in range(8)))
+
+
+async def test_without_linger_callers_that_come_back_together_split_into_two_batches() -> None:
+    recorder = Recorder()
+    async with Batcher(recorder.apply) as batcher:
+        await _steady_load(batcher, rounds=5)
+    sizes = [len(batch) for batch in recorder.batches]
+    assert sizes.count(1) == 5, sizes  # the caller ahead commits alone: a commit more a round
+
+
+async def test_with_linger_callers_that_come_back_together_commit_together() -> None:
+    recorder = Recorder()
+    async with Batcher(recorder.apply, linger=0.05) as batcher:
+        await _steady_load(batcher, rounds=5)
+    sizes = [len(batch) for batch in recorder.batches]
+    # the first round learns its size (1, then 7); after it, every round is one batch
+    assert sizes == [1, 7, 8, 8, 8, 8], sizes
+
+
+async def test_a_lone_caller_never_waits_for_the_linger() -> None:
+    recorder = Recorder()
+    async with Batcher(recorder.apply, linger=3600) as batcher:
+        for item in ["a", "b", "c"]:  # an hour's linger would hang this test
+            assert await batcher.submit(item) == item.upper()
+        # after a batch of three, one caller alone waits at most the linger, then goes
+        await asyncio.gather(*(batcher.submit(i) for i in ["d", "e", "f"]))
+    assert recorder.batches[:3] == [["a"], ["b"], ["c"]]
+
+
+async def test_the_linger_is_bounded() -> None:
+    recorder = Recorder()
+    async with Batcher(recorder.apply, linger=0.01) as batcher:
+        await asyncio.gather(*(batcher.submit(i) for i in ["a", "b", "c"]))
+        assert await batcher.submit("d") == "D"  # three expected, one came: goes anyway
+    assert recorder.batches == [["a", "b", "c"], ["d"]]
+
+
+async def test_a_caller_that_times_out_gets_timeout_error_and_its_batch_goes_on() -> None:
+    class Slow(Recorder):
+        async def apply(self, items: Sequence[str]) -> list[str]:
+            await asyncio.sleep(0.2)
+            return await super().apply(items)
+
+    recorder = Slow()
+    async with Batcher(recorder.apply) as batcher:
+        hurried = asyncio.create_task(batcher.submit("a", within=0.01))
+        patient = asyncio.create_task(batcher.submit("b", within=60))
+        with pytest.raises(TimeoutError):
+            await hurried
+        assert await patient == "B"
+    assert recorder.batches == [["a", "b"]]  # the item that timed out was still applied

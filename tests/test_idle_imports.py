@@ -94,3 +94,14 @@ assert uvicorn.Server is Server
 assert callable(uvicorn.run) and "click" in sys.modules and uvicorn.Config.__name__ == "Config"
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_after_start_up_what_is_alive_is_out_of_the_collectors_rounds() -> None:
+    # in a fresh interpreter: a frozen generation here would outlive this test
+    probe = (
+        "import gc\nfrom syncd.memory import release_freed\n"
+        "before = gc.get_freeze_count()\nrelease_freed()\n"
+        "print(before, gc.get_freeze_count())\n"
+    )
+    before, after = subprocess.check_output([sys.executable, "-c", probe], text=True).split()
+    assert int(before) == 0 and int(after) > 1000

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 from starlette.requests import Request
 
+from syncd.http.params import header, query
+
 
 class Unauthorized(Exception):
     """No token, or not the right one."""
@@ -19,12 +21,12 @@ class Unauthorized(Exception):
 
 def presented_token(request: Request) -> str | None:
     """``Authorization: Bearer``, else ``X-Syncd-Token``, else ``?token=``."""
-    authorization = request.headers.get("authorization")
+    authorization = header(request, b"authorization")
     if authorization:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    return request.headers.get("x-syncd-token") or request.query_params.get("token")
+    return header(request, b"x-syncd-token") or query(request).get("token")
 
 
 class Tokens:

@@ -17,7 +17,7 @@ import math
 import re
 from urllib.parse import parse_qsl
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from syncd.errors import InvalidInput
 
@@ -32,20 +32,56 @@ class BodyTooLarge(Exception):
     """The body is over ``http.max_body_bytes``."""
 
 
+def header(request: Request, name: bytes) -> str | None:
+    """The first ``name`` header (lower-case bytes), as Starlette's ``headers.get`` reads
+    it, without building its ``Headers`` for each request."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def query(request: Request) -> dict[str, str]:
+    """The query string as ``dict(request.query_params)`` reads it (the last of repeated
+    names wins), parsed once per request and kept in its scope."""
+    scope = request.scope
+    found: dict[str, str] | None = scope.get(_QUERY)
+    if found is None:
+        found = scope[_QUERY] = dict(
+            parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        )
+    return found
+
+
+_QUERY = "syncd.query"
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+    declared = header(request, b"content-length")
     if declared is not None:
         if not declared.isdigit():
             raise InvalidInput("invalid_body", "Content-Length is not a number")
         if int(declared) > limit:
             raise BodyTooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+    # what Request.stream() does, without an async generator per request
+    receive = request.receive
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    request._body = body  # as Request.body() keeps it, for whatever reads it again
+    return body
 
 
 def parse_body(body: bytes, content_type: str) -> dict[str, object]:
@@ -64,7 +100,9 @@ def parse_body(body: bytes, content_type: str) -> dict[str, object]:
         raise InvalidInput("invalid_body", "the body is not UTF-8") from None
     if is_json:
         try:
-            data = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+            if text.startswith("\ufeff"):  # as json.loads refuses it
+                raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+            data = _DECODER.decode(text)
         except (ValueError, RecursionError) as exc:
             reason = "nested too deep" if isinstance(exc, RecursionError) else str(exc)
             raise InvalidInput("invalid_body", f"the body is not valid JSON: {reason}") from None
@@ -90,6 +128,10 @@ def _finite(text: str) -> float:
 
 def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
+
+
+#: ``json.loads(text, parse_float=…, parse_constant=…)`` builds a decoder per call.
+_DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
 
 
 def _bad_text(text: str, surrogates: bool) -> str | None:
@@ -141,9 +183,9 @@ def check_tree(data: dict[str, object], surrogates: bool) -> None:
 async def read_params(request: Request, limit: int) -> dict[str, object]:
     """Query string and body merged (body wins), without the ``token``."""
     body = await read_body(request, limit)
-    query = dict(request.query_params)
-    check_flat(query)
-    params: dict[str, object] = dict(query)
-    params.update(parse_body(body, request.headers.get("content-type", "")))
+    found = query(request)
+    check_flat(found)
+    params: dict[str, object] = dict(found)
+    params.update(parse_body(body, header(request, b"content-type") or ""))
     params.pop("token", None)
     return params

@@ -56,9 +56,17 @@ def bind_processors(dialect: Dialect, table: Table, columns: Sequence[str]) -> l
     """Per column, the function turning a Python value into the driver's (None: as is).
 
     The same functions SQLAlchemy applies, so rows written by :func:`insert_new` are
-    stored exactly as ``conn.execute(insert(…))`` would store them.
+    stored exactly as ``conn.execute(insert(…))`` would store them. Made once per
+    table and columns (a webhook batch asks for them on every insert).
     """
-    return [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns]
+    return list(_bind_processors(dialect, table, tuple(columns)))
+
+
+@lru_cache(maxsize=64)
+def _bind_processors(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(
+        table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns
+    )
 
 
 def _tail(unique: Sequence[str], returning: Sequence[str], action: str = "DO NOTHING") -> str:

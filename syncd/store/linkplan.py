@@ -12,7 +12,7 @@ round trip for PostgreSQL); see ``docs/performance.md``. No I/O here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from syncd.identity import Decision, Holders, LinkClaim, OnConflict, Person, decide
 from syncd.store.outbox import NewDelivery
@@ -90,7 +90,7 @@ class Plan:
                 after = change.after
                 if change.before is None:
                     self._next_temp -= 1
-                    after = replace(after, id=self._next_temp)
+                    after = after.with_id(self._next_temp)
                 self._put(change.before, after)
                 assert after.id is not None
                 self.changes.append(

@@ -156,7 +156,7 @@ class LinkStore:
             enqueued = len(plan.deliveries)
             if self.after_link is not None:
                 changed = [p for i, p in plan.people.items() if i < 0 or p != plan.initial[i]]
-                final = [replace(p, id=ids[p.id]) for p in changed if p.id is not None]
+                final = [p.with_id(ids[p.id]) for p in changed if p.id is not None]
                 if final:
                     enqueued += await self.after_link(conn, final, now)
         self.enqueued += enqueued
@@ -216,7 +216,7 @@ async def _write(
             ids[change.identity_id],
             change.source,
             change.before.keys() if change.before is not None else None,
-            replace(change.after, id=ids[change.identity_id]).keys(),
+            change.after.with_id(ids[change.identity_id]).keys(),
             change.reason,
             now,
         )

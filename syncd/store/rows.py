@@ -57,20 +57,35 @@ async def insert_values(
     found: list[tuple[Any, ...]] = []
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         part = rows[start : start + ROWS_PER_STATEMENT]
-        values = tuple(
-            chain.from_iterable(
-                [
-                    value if process is None else process(value)
-                    for process, value in zip(processors, row, strict=True)
-                ]
-                for row in part
-            )
-        )
+        if any(len(row) != len(columns) for row in part):
+            raise ValueError(f"{table.name}: every row needs {len(columns)} values")
+        by_column = [
+            column if process is None else _processed(process, column)
+            for process, column in zip(processors, zip(*part, strict=True), strict=True)
+        ]
+        values = tuple(chain.from_iterable(zip(*by_column, strict=True)))
         sql = values_sql(head, one, len(part), tail)
         result = await conn.exec_driver_sql(sql, values)
         if returning:
             found += [tuple(row) for row in result.all()]
     return found
+
+
+def _processed(process: Callable[[Any], Any], column: Sequence[Any]) -> list[Any]:
+    """``[process(value) for value in column]``, once per run of the same object: a
+    batch's rows share one ``now`` (and a datetime's processing is the dearest of a
+    row's), so it is processed once, not once per row."""
+    out: list[Any] = []
+    last: Any = _UNSET
+    done: Any = None
+    for value in column:
+        if value is not last:
+            last, done = value, process(value)
+        out.append(done)
+    return out
+
+
+_UNSET = object()
 
 
 async def _insert_arrays(
@@ -85,7 +100,7 @@ async def _insert_arrays(
     writes)."""
     encoders = _encoders(conn.dialect, table, columns)
     arrays = [
-        [value if encode is None else encode(value) for value in column]
+        list(column) if encode is None else _processed(encode, column)
         for encode, column in zip(encoders, zip(*rows, strict=True), strict=True)
     ]
     return (await insert_arrays(conn, table, columns, arrays, returning=returning))[0]
