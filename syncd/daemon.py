@@ -53,10 +53,10 @@ GRACEFUL_SECONDS = 10
 ACTIVITY_SECONDS = 60.0
 #: Event batches in flight at once on PostgreSQL (see syncd.batching).
 BATCHES_IN_FLIGHT = 2
-#: How long a link batch waits for the callers of the last one to come back (see
-#: syncd.batching): 32 bots' requests commit as one batch, not as 31 and 1. A lone
+#: How long a link or event batch waits for the callers of the last one to come back
+#: (see syncd.batching): 32 bots' requests commit as one batch, not as 31 and 1. A lone
 #: caller never waits; under load a request waits at most this much more.
-LINK_LINGER_SECONDS = 0.002
+BATCH_LINGER_SECONDS = 0.002
 
 
 class _Server(uvicorn.Server):
@@ -386,11 +386,11 @@ async def serve_until(settings: Settings, stop: asyncio.Event) -> None:
         in_flight = 1 if is_sqlite(engine) else BATCHES_IN_FLIGHT
         apply_links = waking(store.apply, store, dispatcher)
         links: Batcher[LinkRequest, LinkResult] = await stack.enter_async_context(
-            Batcher(apply_links, name="links", linger=LINK_LINGER_SECONDS)
+            Batcher(apply_links, name="links", linger=BATCH_LINGER_SECONDS)
         )
         apply_events = counted(waking(events_in.ingest, events_in, dispatcher), metrics)
         events: Batcher[NewEvent, IngestResult] = await stack.enter_async_context(
-            Batcher(apply_events, name="events", concurrency=in_flight)
+            Batcher(apply_events, name="events", concurrency=in_flight, linger=BATCH_LINGER_SECONDS)
         )
         scheduler = AsyncIOScheduler(timezone="UTC")
         stoppable = StoppableJobs()  # a stop mid-job is one log line, not a traceback

@@ -143,7 +143,12 @@ def _sqlite_pragmas(engine: AsyncEngine, synchronous: str = "FULL") -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Connection) -> None:
         immediate = connection.get_execution_options().get("write_lock", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+        driver = connection.connection.driver_connection
+        if isinstance(driver, sqlite_driver.OneHopConnection):
+            driver.pend(begin)  # with the transaction's first statement: one hop less
+        else:
+            connection.exec_driver_sql(begin)
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:

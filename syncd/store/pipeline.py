@@ -60,8 +60,9 @@ async def deferring(conn: AsyncConnection, transaction: AsyncTransaction) -> Asy
         yield
         del conn.info[_DEFERRED]  # a write deferring another: an error, not a lost write
         if conn.dialect.name != "postgresql" or not writes:
-            for write in writes:
-                await write()
+            async with _held(conn):  # SQLite: they go to its thread with the COMMIT
+                for write in writes:
+                    await write()
             return
         try:
             async with pipelined(conn):
@@ -73,6 +74,24 @@ async def deferring(conn: AsyncConnection, transaction: AsyncTransaction) -> Asy
             raise
     finally:
         conn.info.pop(_DEFERRED, None)
+
+
+@asynccontextmanager
+async def _held(conn: AsyncConnection) -> AsyncIterator[None]:
+    """SQLite: the block's statements go with the transaction's commit, in one hop to
+    the connection's thread (:mod:`syncd.store.sqlite_driver`); a rollback drops them."""
+    from syncd.store.sqlite_driver import OneHopConnection  # SQLite installations only
+
+    driver = (await conn.get_raw_connection()).driver_connection
+    if not isinstance(driver, OneHopConnection):
+        yield
+        return
+    driver.holding = True
+    try:
+        yield
+    except BaseException:
+        driver.holding = False
+        raise
 
 
 async def _roll_back(conn: AsyncConnection) -> None:

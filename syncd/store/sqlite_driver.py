@@ -12,6 +12,15 @@ Only the cursor changes: the connection, its thread, transactions, errors (sqlit
 raised from the call as before) and SQLAlchemy's translation of them stay aiosqlite's.
 Results are read whole, which is what SQLAlchemy's adapter already did for every
 non-streaming cursor; syncd streams no SQLite result.
+
+Statements nobody reads go with the next hop (:meth:`OneHopConnection.pend`,
+:meth:`OneHopConnection.holding`): a transaction's ``BEGIN`` goes with its first
+statement, and the writes a link batch defers to its end (``syncd.store.pipeline``)
+with its ``COMMIT``; the pool's rollback of a connection it takes back makes no hop when
+nothing ran since the last commit. A link batch was nine hops; it is three. A held statement that
+fails raises from the statement or the commit it went with, and a failed commit rolls
+the transaction back before it raises, so the connection is never left in an open,
+half-written transaction.
 """
 
 from __future__ import annotations
@@ -26,6 +35,29 @@ __all__ = ["OneHopConnection", "OneHopCursor", "connect"]
 
 #: What one statement brings back: description, rows, rowcount, lastrowid.
 _Outcome = tuple[Any, list[Any], int, int | None]
+
+
+#: A statement held for the next hop: sql, parameters, executemany or not.
+_Held = tuple[str, Any, bool]
+
+
+def _run_after(
+    raw: sqlite3.Connection, held: list[_Held], sql: str, parameters: Any, many: bool
+) -> _Outcome:
+    for statement in held:
+        _run(raw, *statement)
+    return _run(raw, sql, parameters, many)
+
+
+def _commit_after(raw: sqlite3.Connection, held: list[_Held]) -> None:
+    try:
+        for statement in held:
+            _run(raw, *statement)
+    except BaseException:
+        if raw.in_transaction:
+            raw.rollback()
+        raise
+    raw.commit()
 
 
 def _run(raw: sqlite3.Connection, sql: str, parameters: Any, many: bool) -> _Outcome:
@@ -61,10 +93,19 @@ class OneHopCursor:
         await self.close()
 
     async def _call(self, sql: str, parameters: Any, many: bool) -> OneHopCursor:
-        raw = self._connection._conn  # aiosqlite's sqlite3 connection (its thread only)
-        outcome: _Outcome = await self._connection._execute(  # type: ignore[no-untyped-call]
-            _run, raw, sql, parameters, many
-        )
+        connection = self._connection
+        if connection.holding:  # nobody reads it: it goes with the next hop
+            connection.pend(sql, parameters, many)
+            self.description, self._rows, self.rowcount, self.lastrowid = None, [], -1, None
+            return self
+        raw = connection._conn  # aiosqlite's sqlite3 connection (its thread only)
+        held, connection._held = connection._held, []
+        if held:
+            outcome: _Outcome = await connection._execute(
+                _run_after, raw, held, sql, parameters, many
+            )
+        else:
+            outcome = await connection._execute(_run, raw, sql, parameters, many)
         self.description, self._rows, self.rowcount, self.lastrowid = outcome
         return self
 
@@ -93,8 +134,40 @@ class OneHopCursor:
 class OneHopConnection(aiosqlite.Connection):
     """An aiosqlite connection whose cursors run each statement in one hop."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held: list[_Held] = []
+        self._sent = True  # until a commit or rollback says otherwise
+        #: while True, cursors hold their statements for the commit (see the module)
+        self.holding = False
+
     def cursor(self) -> OneHopCursor:  # type: ignore[override]
         return OneHopCursor(self)
+
+    def pend(self, sql: str, parameters: Any = (), many: bool = False) -> None:
+        """Run ``sql`` first in the next hop: with the next statement, or the commit."""
+        self._held.append((sql, parameters, many))
+
+    async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self._sent = True  # whatever runs on the thread may open a transaction
+        return await super()._execute(fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    async def commit(self) -> None:
+        self.holding = False
+        held, self._held = self._held, []
+        if held:
+            await self._execute(_commit_after, self._conn, held)
+        else:
+            await super().commit()
+        self._sent = False
+
+    async def rollback(self) -> None:
+        self.holding = False
+        self._held = []  # never sent: nothing of them to undo
+        if not self._sent:  # nothing ran since the last commit or rollback: no transaction
+            return  # (the pool rolls back every connection it takes back: a hop each)
+        await super().rollback()
+        self._sent = False
 
 
 def connect(database: str | bytes, **kwargs: Any) -> OneHopConnection:
