@@ -162,3 +162,34 @@ async def test_held_writes_of_a_transaction_that_rolls_back_are_never_sent(
         assert await values(engine) == ["c"]
     finally:
         await engine.dispose()
+
+
+async def test_driver_sql_answers_and_fails_as_exec_driver_sql_in_one_hop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncd.store.rows import driver_sql
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (v TEXT UNIQUE)"))
+        hops = counting_hops(monkeypatch)
+        async with engine.begin() as conn:
+            rows = await driver_sql(conn, "INSERT INTO t VALUES (?), (?) RETURNING v", ("a", "b"))
+            assert sorted(rows) == [("a",), ("b",)]
+            assert (
+                await driver_sql(conn, "INSERT INTO t VALUES (?)", [("c",), ("d",)], many=True)
+                == []
+            )
+        assert hops == ["_run_after", "_run", "commit"]  # no SQLAlchemy cursor in between
+        with pytest.raises(IntegrityError, match="UNIQUE"):  # SQLAlchemy's, as before
+            async with engine.begin() as conn:
+                await driver_sql(conn, "INSERT INTO t VALUES (?)", ("e",))
+                await driver_sql(conn, "INSERT INTO t VALUES (?)", ("a",))
+        assert await values(engine) == ["a", "b", "c", "d"]  # 'e' went with the rollback
+        async with engine.connect() as conn:  # outside a transaction: SQLAlchemy begins one
+            await driver_sql(conn, "INSERT INTO t VALUES (?)", ("f",))
+            await conn.rollback()
+        assert await values(engine) == ["a", "b", "c", "d"]
+    finally:
+        await engine.dispose()

@@ -152,6 +152,16 @@ async def _batch_statements(
             sent.append((statement, single))
 
     event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    # on SQLite, syncd.store.rows.driver_sql sends some statements past SQLAlchemy
+    from syncd.store import sqlite_driver
+
+    direct = sqlite_driver.run
+
+    async def run(driver: Any, sql: str, parameters: Any, many: bool = False) -> Any:
+        capture(None, None, sql, parameters)
+        return await direct(driver, sql, parameters, many)
+
+    sqlite_driver.run = run  # type: ignore[assignment]
     try:
         # known people, new ones, and bot subscribers linked at last
         requests = _claims(100, 20) + [
@@ -161,6 +171,7 @@ async def _batch_statements(
         await store.apply(requests)
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", capture)
+        sqlite_driver.run = direct  # type: ignore[assignment]
     kinds = {statement.split()[0].upper() for statement, _ in sent}
     assert kinds == {"SELECT", "UPDATE"}, sent  # the read and the bot-event update ran
     return sent

@@ -38,6 +38,7 @@ from syncd.store.links import identity_transaction, load_people, people_where
 from syncd.store.models import Delivery, Event, Identity, IdentityChange, utcnow
 from syncd.store.outbox import NewDelivery, enqueue
 from syncd.store.pipeline import defer, pipelined
+from syncd.store.rows import driver_sql
 
 #: Told of the rules that made no call, once per committed batch.
 OnSkips = Callable[[list[Skip]], None]
@@ -683,10 +684,11 @@ async def _attach_bot_events(conn: AsyncConnection, people: list[Person], projec
         ids, tgs = map(list, zip(*by_tg, strict=True))
         await conn.exec_driver_sql(_ATTACH_BY_TG_PG, (ids, tgs, tgs))
     elif by_tg:
-        await conn.exec_driver_sql(_ATTACH_BY_TG, by_tg)
-    if by_client:  # one execution per key on both (see _ATTACH_BY_CLIENT_PG)
-        statement = _ATTACH_BY_CLIENT_PG if postgresql else _ATTACH_BY_CLIENT
-        await conn.exec_driver_sql(statement, by_client)
+        await driver_sql(conn, _ATTACH_BY_TG, by_tg, many=True)
+    if by_client and postgresql:  # one execution per key on both (see _ATTACH_BY_CLIENT_PG)
+        await conn.exec_driver_sql(_ATTACH_BY_CLIENT_PG, by_client)
+    elif by_client:
+        await driver_sql(conn, _ATTACH_BY_CLIENT, by_client, many=True)
 
 
 _ATTACH_BY_TG = "UPDATE events SET identity_id = ? WHERE identity_id IS NULL AND telegram_id = ?"

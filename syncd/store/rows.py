@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from syncd.store.dialect import bind_processors, insert_arrays, values_sql
 from syncd.store.engine import json_text
 
-__all__ = ["insert_values"]
+__all__ = ["driver_sql", "insert_values"]
 
 #: Rows per statement: 10 columns x 500 rows stays far under both databases' limits on
 #: bound parameters (SQLite 32,766; PostgreSQL 65,535).
@@ -65,10 +65,37 @@ async def insert_values(
         ]
         values = tuple(chain.from_iterable(zip(*by_column, strict=True)))
         sql = values_sql(head, one, len(part), tail)
-        result = await conn.exec_driver_sql(sql, values)
+        rows_back = await driver_sql(conn, sql, values)
         if returning:
-            found += [tuple(row) for row in result.all()]
+            found += [tuple(row) for row in rows_back]
     return found
+
+
+async def driver_sql(
+    conn: AsyncConnection, sql: str, parameters: Any, many: bool = False
+) -> Sequence[Any]:
+    """``conn.exec_driver_sql(sql, parameters)``'s rows (``many``: ``parameters`` is a
+    list of parameter sets).
+
+    On SQLite, in a transaction, the statement goes to syncd's driver without
+    SQLAlchemy's execution context, cursor result and metadata: in a webhook batch,
+    they cost more of the event loop than SQLite's own work for the statement. Errors
+    are SQLAlchemy's as before. Elsewhere (PostgreSQL, outside a transaction, where
+    SQLAlchemy begins one), ``exec_driver_sql``.
+    """
+    if conn.dialect.name == "sqlite" and conn.in_transaction():
+        from syncd.store import sqlite_driver  # SQLite installations only
+
+        driver = conn.info.get(_DRIVER)
+        if driver is None:  # kept with the pooled connection it belongs to
+            driver = conn.info[_DRIVER] = (await conn.get_raw_connection()).driver_connection
+        if isinstance(driver, sqlite_driver.OneHopConnection):
+            return await sqlite_driver.run(driver, sql, parameters, many)
+    result = await conn.exec_driver_sql(sql, parameters)
+    return result.all() if result.returns_rows else []
+
+
+_DRIVER = "syncd.sqlite_driver"
 
 
 def _processed(process: Callable[[Any], Any], column: Sequence[Any]) -> list[Any]:

@@ -170,6 +170,20 @@ class OneHopConnection(aiosqlite.Connection):
         self._sent = False
 
 
+async def run(driver: OneHopConnection, sql: str, parameters: Any, many: bool = False) -> list[Any]:
+    """One statement on ``driver`` without SQLAlchemy's execution context: its rows
+    (none while the connection is holding). sqlite3's errors become SQLAlchemy's, as
+    ``exec_driver_sql`` raises them."""
+    from sqlalchemy.exc import DBAPIError
+
+    cursor = driver.cursor()
+    try:
+        await cursor._call(sql, parameters, many)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, parameters, exc, sqlite3.Error) from exc
+    return cursor._rows
+
+
 def connect(database: str | bytes, **kwargs: Any) -> OneHopConnection:
     """:func:`aiosqlite.connect`, returning a :class:`OneHopConnection`."""
 
