@@ -54,6 +54,10 @@ async def test_metrics_count_what_happened(engine: AsyncEngine) -> None:
     routes = {dict(labels).get("route") for (name, labels) in got if name.startswith("syncd_http_")}
     assert {"/v1/links", "/v1/getcourse/events/{event}"} <= routes
     assert routes <= {"/v1/links", "/v1/getcourse/events/{event}", "/metrics"}  # templates only
+    count = "syncd_http_request_duration_seconds_count"
+    # every answer timed once, refusals too; the hot routes time themselves
+    assert got[(count, (("method", "POST"), ("route", "/v1/links")))] == 4
+    assert got[(count, (("method", "GET"), ("route", "/v1/getcourse/events/{event}")))] == 2
     assert TOKEN not in answer.text
 
 
