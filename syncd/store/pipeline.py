@@ -51,8 +51,10 @@ async def pipelined(conn: AsyncConnection) -> AsyncIterator[None]:
 async def deferring(conn: AsyncConnection, transaction: AsyncTransaction) -> AsyncIterator[None]:
     """Around a transaction's body: the writes given to :func:`defer` run at its end, and on
     PostgreSQL go in one round trip with the ``COMMIT`` (the commit happens here then;
-    the transaction's own block finds it done). On SQLite they run in order before the
-    block commits. Nothing runs if the body raises: the transaction rolls back.
+    the transaction's own block finds it done). On SQLite they are held by syncd's driver
+    and go, in order, with the block's COMMIT in one hop to the connection's thread
+    (:mod:`syncd.store.sqlite_driver`). Nothing runs if the body raises: the
+    transaction rolls back.
     """
     writes: list[Write] = []
     conn.info[_DEFERRED] = writes
