@@ -19,6 +19,7 @@ are retried one by one, so a fault in one record never stops the others.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -28,6 +29,9 @@ from loguru import logger
 from syncd.errors import StoreUnavailable
 
 Item = TypeVar("Item")
+#: How many batches back a batch's target remembers the peak of callers waiting: after
+#: the callers thin out, at most this many batches wait the whole linger for them.
+PEAK_BATCHES = 8
 Result = TypeVar("Result")
 
 
@@ -51,8 +55,14 @@ class Batcher(Generic[Item, Result]):
         self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]] | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._linger = linger
-        #: the size of the last batch taken, and what a lingering batch waits on
+        #: callers waiting for their result now; the most at once since the last batch
+        #: was taken, and that figure for each of the last batches
+        self._waiting = 0
+        self._peak = 0
+        self._peaks: deque[int] = deque(maxlen=PEAK_BATCHES)
+        #: the size of the last batch taken, and how many items a lingering batch waits for
         self._last = 1
+        self._target = 1
         self._filled: asyncio.Future[None] | None = None
 
     async def submit(self, item: Item, within: float | None = None) -> Result:
@@ -67,18 +77,20 @@ class Batcher(Generic[Item, Result]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         self._queue.put_nowait((item, future))
+        self._waiting += 1
+        self._peak = max(self._peak, self._waiting)
         filled = self._filled
-        if filled is not None and self._queue.qsize() + 1 >= self._last and not filled.done():
+        if filled is not None and self._queue.qsize() + 1 >= self._target and not filled.done():
             filled.set_result(None)
         # A caller that gives up cancels only its own future; the batch goes on and
         # skips futures that are already done.
-        if within is None:
-            return await future
-        timer = loop.call_later(within, _time_out, future)
+        timer = None if within is None else loop.call_later(within, _time_out, future)
         try:
             return await future
         finally:
-            timer.cancel()
+            self._waiting -= 1
+            if timer is not None:
+                timer.cancel()
 
     async def __aenter__(self) -> Batcher[Item, Result]:
         self._worker = asyncio.create_task(self._run(), name=self._name)
@@ -104,8 +116,17 @@ class Batcher(Generic[Item, Result]):
                 break
             # a free slot first, then take what queued meanwhile: batches stay full
             await slots.acquire()
-            if self._linger and self._queue.qsize() + 1 < self._last:
-                await self._gather()
+            if self._linger:
+                # one batch has no more callers than the last; alone (one worker), no
+                # more than were waiting at once lately: two groups of callers
+                # taking turns become one (see _gather)
+                self._target = self._last
+                if self._concurrency == 1:
+                    self._target = max(self._target, *self._peaks, 1)
+                if self._queue.qsize() + 1 < self._target:
+                    await self._gather()
+                self._peaks.append(self._peak)
+                self._peak = self._waiting
             batch = [entry]
             while len(batch) < self._max_batch and not self._queue.empty():
                 more = self._queue.get_nowait()
@@ -126,13 +147,18 @@ class Batcher(Generic[Item, Result]):
             await asyncio.gather(*self._in_flight)
 
     async def _gather(self) -> None:
-        """Wait, at most ``linger`` seconds, until as many items are queued as the last
-        batch held.
+        """Wait, at most ``linger`` seconds, until the target is queued: as many items as
+        the last batch held and, with one worker, as many as were waiting at once over
+        the last :data:`PEAK_BATCHES` batches.
 
         Under steady load the callers of one batch come back together, all but the
         first still on their way when it is taken: without the wait, 32 clients became
         alternating batches of 31 and 1, two commits (two fsyncs) where one does
-        (docs/performance.md). A lone caller never waits: its last batch held one.
+        (docs/performance.md). With the last batch's size alone, two groups of 16 taking
+        turns stayed two groups (each batch found its 16 queued), a third fewer links a
+        second; the peak of callers waiting at once (32 while one group commits and the
+        other waits) makes the next batch wait for the group being answered. A lone
+        caller never waits: its last batch held one, and one was waiting.
         """
         loop = asyncio.get_running_loop()
         filled = self._filled = loop.create_future()

@@ -159,3 +159,22 @@ async def test_a_caller_that_times_out_gets_timeout_error_and_its_batch_goes_on(
             await hurried
         assert await patient == "B"
     assert recorder.batches == [["a", "b"]]  # the item that timed out was still applied
+
+
+async def test_two_groups_of_callers_taking_turns_become_one() -> None:
+    """Group A's batch commits while group B waits, then B's while A waits: with the
+    last batch's size alone each batch found its group queued and the two never met."""
+    recorder = Recorder()
+
+    async def caller(name: str, start: float) -> None:
+        await asyncio.sleep(start)
+        for round_ in range(8):
+            assert await batcher.submit(f"{name}{round_}") == f"{name}{round_}".upper()
+
+    async with Batcher(recorder.apply, linger=0.05) as batcher:
+        await asyncio.gather(
+            *(caller(f"a{i}-", 0) for i in range(8)), *(caller(f"b{i}-", 0.005) for i in range(8))
+        )
+    sizes = [len(batch) for batch in recorder.batches]
+    assert sizes[:2] == [8, 8], sizes  # two groups, one in the batch, one waiting for it
+    assert 16 in sizes and sizes[sizes.index(16) :].count(8) <= 1, sizes  # then one
