@@ -4,21 +4,23 @@ transaction's BEGIN with its first statement, deferred writes with its COMMIT.""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from syncd.store import sqlite_driver
 from syncd.store.engine import create_engine
 from syncd.store.pipeline import defer, deferring
+from syncd.store.rows import driver_sql
 
 
-async def test_statements_answer_as_before_in_one_hop_each(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def counting_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     hops: list[str] = []
     execute = sqlite_driver.OneHopConnection._execute
 
@@ -27,6 +29,43 @@ async def test_statements_answer_as_before_in_one_hop_each(
         return await execute(self, fn, *args, **kwargs)
 
     monkeypatch.setattr(sqlite_driver.OneHopConnection, "_execute", counted)
+    return hops
+
+
+async def values(engine: Any) -> list[str]:
+    async with engine.connect() as conn:
+        return list((await conn.execute(text("SELECT v FROM t ORDER BY v"))).scalars().all())
+
+
+@asynccontextmanager
+async def table_t(tmp_path: Path, *stored: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on a fresh file with ``t (v TEXT UNIQUE)`` holding ``stored``."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (v TEXT UNIQUE)"))
+            for v in stored:
+                await conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": v})
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def deferred(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A transaction whose ``defer``red writes go with its commit, as a link batch's do."""
+    async with (
+        engine.connect() as conn,
+        conn.begin() as transaction,
+        deferring(conn, transaction),
+    ):
+        yield conn
+
+
+async def test_statements_answer_as_before_in_one_hop_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hops = counting_hops(monkeypatch)
     engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
     try:
         async with engine.begin() as conn:
@@ -57,130 +96,64 @@ async def test_statements_answer_as_before_in_one_hop_each(
 async def test_a_constraint_error_is_sqlalchemys_and_rolls_the_transaction_back(
     tmp_path: Path,
 ) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("CREATE TABLE t (v TEXT UNIQUE)"))
-            await conn.execute(text("INSERT INTO t VALUES ('a')"))
+    async with table_t(tmp_path, "a") as engine:
         with pytest.raises(IntegrityError, match="UNIQUE"):
             async with engine.begin() as conn:
                 await conn.execute(text("INSERT INTO t VALUES ('b')"))
                 await conn.execute(text("INSERT INTO t VALUES ('a')"))
-        async with engine.connect() as conn:
-            assert (await conn.execute(text("SELECT v FROM t"))).scalars().all() == ["a"]
-    finally:
-        await engine.dispose()
-
-
-def counting_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    hops: list[str] = []
-    execute = sqlite_driver.OneHopConnection._execute
-
-    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        hops.append(getattr(fn, "__name__", repr(fn)))
-        return await execute(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(sqlite_driver.OneHopConnection, "_execute", counted)
-    return hops
-
-
-async def values(engine: Any) -> list[str]:
-    async with engine.connect() as conn:
-        return list((await conn.execute(text("SELECT v FROM t ORDER BY v"))).scalars().all())
+        assert await values(engine) == ["a"]
 
 
 async def test_deferred_writes_go_with_the_commit_in_one_hop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("CREATE TABLE t (v TEXT UNIQUE)"))
+    async with table_t(tmp_path) as engine:
         hops = counting_hops(monkeypatch)
-        async with (
-            engine.connect() as conn,
-            conn.begin() as transaction,
-            deferring(conn, transaction),
-        ):
+        async with deferred(engine) as conn:
             await conn.execute(text("INSERT INTO t VALUES ('a')"))
             for v in "bcd":
                 defer(conn, lambda v=v: conn.execute(text(f"INSERT INTO t VALUES ('{v}')")))
         assert hops == ["_run_after", "_commit_after"]  # BEGIN + 'a'; b, c, d + COMMIT
         assert await values(engine) == ["a", "b", "c", "d"]
-    finally:
-        await engine.dispose()
 
 
-async def test_a_deferred_write_that_fails_at_commit_undoes_the_whole_transaction(
-    tmp_path: Path,
+async def _broken() -> None:
+    raise RuntimeError("a write that fails before it reaches the database")
+
+
+@pytest.mark.parametrize(
+    ("stored", "last", "error"),
+    [
+        (("a",), lambda conn: conn.execute(text("INSERT INTO t VALUES ('a')")), IntegrityError),
+        ((), lambda _conn: _broken(), RuntimeError),
+    ],
+    ids=["fails at the commit", "fails before it is sent"],
+)
+async def test_a_deferred_write_that_fails_undoes_the_whole_transaction(
+    tmp_path: Path, stored: tuple[str, ...], last: Any, error: type[Exception]
 ) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("CREATE TABLE t (v TEXT UNIQUE)"))
-            await conn.execute(text("INSERT INTO t VALUES ('a')"))
-        with pytest.raises(IntegrityError, match="UNIQUE"):
-            async with (
-                engine.connect() as conn,
-                conn.begin() as transaction,
-                deferring(conn, transaction),
-            ):
+    async with table_t(tmp_path, *stored) as engine:
+        with pytest.raises(error):
+            async with deferred(engine) as conn:
                 await conn.execute(text("INSERT INTO t VALUES ('b')"))
                 defer(conn, lambda: conn.execute(text("INSERT INTO t VALUES ('c')")))
-                defer(conn, lambda: conn.execute(text("INSERT INTO t VALUES ('a')")))
-        assert await values(engine) == ["a"]  # neither 'b' (sent) nor 'c' (held) stayed
-        async with engine.begin() as conn:  # the connection is not left in a transaction
+                defer(conn, lambda: last(conn))
+        assert await values(engine) == list(stored)  # neither 'b' (sent) nor 'c' (held)
+        async with engine.begin() as conn:  # no transaction left open, nothing left held
             await conn.execute(text("INSERT INTO t VALUES ('e')"))
-        assert await values(engine) == ["a", "e"]
-    finally:
-        await engine.dispose()
-
-
-async def test_held_writes_of_a_transaction_that_rolls_back_are_never_sent(
-    tmp_path: Path,
-) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
-
-    async def broken() -> None:
-        raise RuntimeError("a write that fails before it reaches the database")
-
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("CREATE TABLE t (v TEXT UNIQUE)"))
-        with pytest.raises(RuntimeError, match="fails before"):
-            async with (
-                engine.connect() as conn,
-                conn.begin() as transaction,
-                deferring(conn, transaction),
-            ):
-                await conn.execute(text("INSERT INTO t VALUES ('a')"))
-                defer(conn, lambda: conn.execute(text("INSERT INTO t VALUES ('b')")))
-                defer(conn, broken)
-        assert await values(engine) == []
-        async with engine.begin() as conn:  # nothing held is left for the next one
-            await conn.execute(text("INSERT INTO t VALUES ('c')"))
-        assert await values(engine) == ["c"]
-    finally:
-        await engine.dispose()
+        assert await values(engine) == [*stored, "e"]
 
 
 async def test_driver_sql_answers_and_fails_as_exec_driver_sql_in_one_hop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from syncd.store.rows import driver_sql
-
-    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("CREATE TABLE t (v TEXT UNIQUE)"))
+    async with table_t(tmp_path) as engine:
         hops = counting_hops(monkeypatch)
         async with engine.begin() as conn:
             rows = await driver_sql(conn, "INSERT INTO t VALUES (?), (?) RETURNING v", ("a", "b"))
             assert sorted(rows) == [("a",), ("b",)]
-            assert (
-                await driver_sql(conn, "INSERT INTO t VALUES (?)", [("c",), ("d",)], many=True)
-                == []
-            )
+            many = [("c",), ("d",)]
+            assert await driver_sql(conn, "INSERT INTO t VALUES (?)", many, many=True) == []
         assert hops == ["_run_after", "_run", "commit"]  # no SQLAlchemy cursor in between
         with pytest.raises(IntegrityError, match="UNIQUE"):  # SQLAlchemy's, as before
             async with engine.begin() as conn:
@@ -191,5 +164,3 @@ async def test_driver_sql_answers_and_fails_as_exec_driver_sql_in_one_hop(
             await driver_sql(conn, "INSERT INTO t VALUES (?)", ("f",))
             await conn.rollback()
         assert await values(engine) == ["a", "b", "c", "d"]
-    finally:
-        await engine.dispose()
