@@ -3,7 +3,7 @@
 # databases side by side; each bench's full output goes to a log of its own under
 # bench-results/<UTC date-time>/ and a one-line verdict per bench to summary.txt.
 #
-#   bash bench/all.sh            # the full series (about 25 minutes on this machine kind)
+#   bash bench/all.sh            # the full series (6 minutes on this machine kind on 2026-12-08)
 #   bash bench/all.sh --quick    # shorter runs and a 200,000-row backfill, to try it out
 #
 # Run it on a quiet machine: `uptime` is printed before and after each bench, and the
