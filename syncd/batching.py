@@ -10,7 +10,8 @@ on its own round trips (a PostgreSQL server a network hop away) while the next o
 gathered and started. The store's own lock still decides which commits first.
 
 With ``linger``, a batch taken under load waits (at most that long) until as many items
-are queued as the last batch held, so callers that come back together commit together.
+are queued as the last batch held and, with one worker, as were waiting at once lately
+(:meth:`Batcher._gather`), so callers that come back together commit together.
 
 If a batch fails for a reason other than an outage (:class:`StoreUnavailable`), its items
 are retried one by one, so a fault in one record never stops the others.
@@ -29,10 +30,10 @@ from loguru import logger
 from syncd.errors import StoreUnavailable
 
 Item = TypeVar("Item")
+Result = TypeVar("Result")
 #: How many batches back a batch's target remembers the peak of callers waiting: after
 #: the callers thin out, at most this many batches wait the whole linger for them.
 PEAK_BATCHES = 8
-Result = TypeVar("Result")
 
 
 class Batcher(Generic[Item, Result]):
@@ -122,7 +123,7 @@ class Batcher(Generic[Item, Result]):
                 # taking turns become one (see _gather)
                 self._target = self._last
                 if self._concurrency == 1:
-                    self._target = max(self._target, *self._peaks, 1)
+                    self._target = max([self._last, *self._peaks])
                 if self._queue.qsize() + 1 < self._target:
                     await self._gather()
                 self._peaks.append(self._peak)

@@ -82,10 +82,10 @@ async def deferring(conn: AsyncConnection, transaction: AsyncTransaction) -> Asy
 async def _held(conn: AsyncConnection) -> AsyncIterator[None]:
     """SQLite: the block's statements go with the transaction's commit, in one hop to
     the connection's thread (:mod:`syncd.store.sqlite_driver`); a rollback drops them."""
-    from syncd.store.sqlite_driver import OneHopConnection  # SQLite installations only
+    from syncd.store import sqlite_driver  # SQLite installations only
 
-    driver = (await conn.get_raw_connection()).driver_connection
-    if not isinstance(driver, OneHopConnection):
+    driver = await sqlite_driver.under(conn)
+    if driver is None:
         yield
         return
     driver.holding = True

@@ -57,9 +57,7 @@ async def insert_values(
     found: list[tuple[Any, ...]] = []
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         part = rows[start : start + ROWS_PER_STATEMENT]
-        if any(len(row) != len(columns) for row in part):
-            raise ValueError(f"{table.name}: every row needs {len(columns)} values")
-        by_column = [
+        by_column = [  # strict: a row of another length is a ValueError, as before
             column if process is None else _processed(process, column)
             for process, column in zip(processors, zip(*part, strict=True), strict=True)
         ]
@@ -86,16 +84,11 @@ async def driver_sql(
     if conn.dialect.name == "sqlite" and conn.in_transaction():
         from syncd.store import sqlite_driver  # SQLite installations only
 
-        driver = conn.info.get(_DRIVER)
-        if driver is None:  # kept with the pooled connection it belongs to
-            driver = conn.info[_DRIVER] = (await conn.get_raw_connection()).driver_connection
-        if isinstance(driver, sqlite_driver.OneHopConnection):
+        driver = await sqlite_driver.under(conn)
+        if driver is not None:
             return await sqlite_driver.run(driver, sql, parameters, many)
     result = await conn.exec_driver_sql(sql, parameters)
     return result.all() if result.returns_rows else []
-
-
-_DRIVER = "syncd.sqlite_driver"
 
 
 def _processed(process: Callable[[Any], Any], column: Sequence[Any]) -> list[Any]:

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
-__all__ = ["OneHopConnection", "OneHopCursor", "connect"]
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+__all__ = ["OneHopConnection", "OneHopCursor", "connect", "run", "under"]
 
 #: What one statement brings back: description, rows, rowcount, lastrowid.
 _Outcome = tuple[Any, list[Any], int, int | None]
@@ -168,6 +171,18 @@ class OneHopConnection(aiosqlite.Connection):
             return  # (the pool rolls back every connection it takes back: a hop each)
         await super().rollback()
         self._sent = False
+
+
+async def under(conn: AsyncConnection) -> OneHopConnection | None:
+    """syncd's driver connection under ``conn`` (None under another driver), looked up
+    once and kept with the pooled connection it belongs to."""
+    driver = conn.info.get(_DRIVER)
+    if driver is None:
+        driver = conn.info[_DRIVER] = (await conn.get_raw_connection()).driver_connection
+    return driver if isinstance(driver, OneHopConnection) else None
+
+
+_DRIVER = "syncd.sqlite_driver"
 
 
 async def run(driver: OneHopConnection, sql: str, parameters: Any, many: bool = False) -> list[Any]:
